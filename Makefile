@@ -1,0 +1,27 @@
+# The two commands of the README. Each sets everything up first (idempotent, seconds
+# when already done): Debian packages, .venv (torch 2.13.0 CPU pinned), .venv-cmor.
+SHELL := /bin/bash
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+PYTEST_ARGS ?=
+SNAKEMAKE_ARGS ?=
+
+.PHONY: setup run test lint bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+run: setup
+	snakemake all $(SNAKEMAKE_ARGS)
+
+test: setup
+	python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	ruff check .
+	snakemake --lint
+
+bench: setup
+	mdiff bench all
+
+clean:
+	rm -rf results .snakemake

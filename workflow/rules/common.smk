@@ -1,0 +1,31 @@
+# Shared definitions: the typed config, result paths and the settings passed to mdiff.
+import json
+
+from mdiff import config as C
+from mdiff import variables as V
+
+# Strict typed view of the (schema-validated) config: unknown keys and bad values fail here.
+CFG = C.from_dict(C.Config, config, source="workflow config")
+RESULTS = CFG.results
+LOGS = f"{RESULTS}/logs"
+BENCH = f"{RESULTS}/benchmarks"
+
+YEARS = list(range(int(CFG.periods.run_start[:4]), int(CFG.periods.run_end[:4]) + 1))
+PREPARED_STATE = expand(f"{RESULTS}/prepared/state/{{year}}.nc", year=YEARS)
+PREPARED_FORCING = f"{RESULTS}/prepared/forcing.nc"
+PREPARED_STATICS = f"{RESULTS}/prepared/statics.nc"
+NORMALIZATION = f"{RESULTS}/stats/normalization.json"
+
+
+def settings(*sections):
+    """JSON of the resolved config sections a rule depends on: passed as a rule param, so
+    changing one of them reruns that rule and what depends on it, and nothing else."""
+    out = {}
+    for name in sections:
+        value = getattr(CFG, name)
+        out[name] = C.to_dict(value) if hasattr(value, "__dataclass_fields__") else value
+    return json.dumps(out, sort_keys=True)
+
+
+# Targets of `all`; each rule file appends what it contributes.
+ALL_TARGETS = []
