@@ -94,8 +94,9 @@ class LatLonGrid:
         return (self.nlat // squeeze, self.nlon // squeeze)
 
     def default_truncation(self) -> int:
-        """Largest degree the equiangular quadrature resolves: lmax = mmax = nlat - 1 ... nlon/2."""
-        return min(self.nlat, self.nlon // 2 + 1)
+        """lmax = mmax for which the equiangular SHT round trip is exact: (nlat + 1) // 2
+        (61 on 121x240, torch-harmonics' own default since 0.9; pass it explicitly)."""
+        return (self.nlat + 1) // 2
 
 
 def _is_torch(x) -> bool:

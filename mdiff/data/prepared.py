@@ -105,6 +105,17 @@ def _family_attrs(variable: str) -> dict:
 # --------------------------------------------------------------- stacking/unstacking
 
 
+def variable_array(variable: str, data: np.ndarray, leading: tuple[str, ...] = ("time",)) -> xr.DataArray:
+    """A file variable with the contract's dims and attributes; pressure variables carry all
+    levels of ``variables.PRESSURE_LEVELS_HPA`` in that order on the axis before lat."""
+    plev = variable in V.PRESSURE_VARIABLES
+    dims = (*leading, "plev", "lat", "lon") if plev else (*leading, "lat", "lon")
+    if np.ndim(data) != len(dims):
+        raise ValueError(f"{variable}: data of shape {np.shape(data)} does not fit dims {dims}")
+    da = xr.DataArray(np.asarray(data, dtype=np.float32), dims=dims, attrs=_family_attrs(variable))
+    return da.assign_coords(plev=plev_coord()) if plev else da
+
+
 def channels_to_dataset(array: np.ndarray, channels: Sequence[V.Channel], ds: xr.Dataset,
                         leading: tuple[str, ...] = ("time",)) -> xr.Dataset:
     """Add ``array`` (*leading, C, lat, lon) as the file variables of ``channels`` to ``ds``.
@@ -119,17 +130,13 @@ def channels_to_dataset(array: np.ndarray, channels: Sequence[V.Channel], ds: xr
     for variable in V.variables(tuple(channels)):
         members = [c for c in channels if c.variable == variable]
         if variable in V.PRESSURE_VARIABLES:
-            if "plev" not in out.coords:
-                out = out.assign_coords(plev=plev_coord())
             levels = [c.level_hpa for c in members]
             if tuple(levels) != V.PRESSURE_LEVELS_HPA:
                 raise ValueError(f"{variable}: channels must cover all levels {V.PRESSURE_LEVELS_HPA}")
             data = np.stack([array[..., index[c.name], :, :] for c in members], axis=-3)
-            dims = (*leading, "plev", "lat", "lon")
         else:
             data = array[..., index[members[0].name], :, :]
-            dims = (*leading, "lat", "lon")
-        out[variable] = xr.DataArray(data.astype(np.float32), dims=dims, attrs=_family_attrs(variable))
+        out[variable] = variable_array(variable, data, leading)
     return out
 
 
@@ -209,14 +216,17 @@ def times_of(ds: xr.Dataset) -> np.ndarray:
     return ds["time"].values.astype("datetime64[M]")
 
 
-def write(ds: xr.Dataset, path: str | Path) -> None:
-    """Write a prepared dataset atomically with the contract's encodings."""
+def write(ds: xr.Dataset, path: str | Path, compress: bool = False) -> None:
+    """Write a prepared dataset atomically with the contract's encodings.
+
+    Uncompressed by default: deflate of noisy float32 costs more time than the disk it saves.
+    """
     from mdiff.fileio import write_netcdf
 
     encoding = {k: v for k, v in TIME_ENCODING.items() if k in ds.variables}
     for name, da in ds.data_vars.items():
         if da.dtype == np.float32:
-            encoding[name] = {"zlib": True, "complevel": 1, "_FillValue": None}
+            encoding[name] = {"zlib": compress, "complevel": 1, "_FillValue": None}
     for name in ("lat", "lon", "plev", "lat_bnds", "lon_bnds"):
         if name in ds.variables:
             encoding[name] = {"_FillValue": None}

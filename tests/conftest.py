@@ -1,0 +1,52 @@
+"""Shared fixtures: a tiny synthetic world written once per test session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from mdiff.grid import LatLonGrid
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class TinyWorld:
+    root: Path
+    grid: LatLonGrid
+    prepared: Path
+    truth: Path
+    stats: Path
+    run_start: str = "1978-10"
+    run_end: str = "2024-12"
+
+    @property
+    def state_files(self) -> list[Path]:
+        return sorted((self.prepared / "state").glob("*.nc"))
+
+    @property
+    def statics(self) -> Path:
+        return self.prepared / "statics.nc"
+
+    @property
+    def forcing(self) -> Path:
+        return self.prepared / "forcing.nc"
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> TinyWorld:
+    """A 17x32 (11.25 deg) synthetic world, 1978-10..2024-12, 2 realisations, with statistics."""
+    from mdiff.data.statistics import compute_statistics
+    from mdiff.data.synthetic import write_world
+    from mdiff.fileio import write_json
+
+    root = tmp_path_factory.mktemp("tiny_world")
+    grid = LatLonGrid(17, 32)
+    write_world(grid, "1978-10", "2024-12", seed=7, realizations=2, sst_offset=0.0,
+                prepared_dir=root / "prepared", truth_dir=root / "truth", progress=False)
+    stats = compute_statistics(sorted((root / "prepared" / "state").glob("*.nc")),
+                               root / "prepared" / "statics.nc", grid, ["1979-01", "2014-12"])
+    write_json(root / "stats" / "normalization.json", stats)
+    return TinyWorld(root, grid, root / "prepared", root / "truth", root / "stats" / "normalization.json")
