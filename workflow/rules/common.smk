@@ -1,5 +1,6 @@
 # Shared definitions: the typed config, result paths and the settings passed to mdiff.
 import json
+import os
 
 from mdiff import config as C
 from mdiff import variables as V
@@ -15,6 +16,15 @@ PREPARED_STATE = expand(f"{RESULTS}/prepared/state/{{year}}.nc", year=YEARS)
 PREPARED_FORCING = f"{RESULTS}/prepared/forcing.nc"
 PREPARED_STATICS = f"{RESULTS}/prepared/statics.nc"
 NORMALIZATION = f"{RESULTS}/stats/normalization.json"
+
+
+def state_files(*periods):
+    """Prepared state files of the years that the given [first, last] month periods touch:
+    a stage depends only on the years it reads, so a data update reruns only what it must."""
+    years = set()
+    for first, last in periods:
+        years.update(range(int(first[:4]), int(last[:4]) + 1))
+    return [f"{RESULTS}/prepared/state/{year}.nc" for year in sorted(years) if year in YEARS]
 
 
 def settings(*sections):

@@ -1,7 +1,7 @@
 rule normalization_stats:
     """Per-channel mean/std after transforms, area-weighted, over the statistics period only."""
     input:
-        state=PREPARED_STATE,
+        state=state_files(CFG.periods.stats),
         statics=PREPARED_STATICS,
     output:
         NORMALIZATION,

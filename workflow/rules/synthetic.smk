@@ -9,8 +9,8 @@ rule synthesize_world:
         realizations=directory(f"{RESULTS}/truth/realizations"),
     params:
         settings=settings("grid", "periods", "synthetic"),
-        prepared=f"{RESULTS}/prepared",
-        truth=f"{RESULTS}/truth",
+        prepared=lambda w, output: os.path.dirname(output.forcing),
+        truth=lambda w, output: os.path.dirname(output.response),
     log:
         f"{LOGS}/synthesize_world.log",
     benchmark:
