@@ -81,9 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, KeyError) as err:
         # Expected failures (bad input, bad config): one clear line, no traceback.
         from mdiff.config import ConfigError
-        from mdiff.data.prepared import PreparedDataError
 
-        if isinstance(err, ConfigError | PreparedDataError | FileNotFoundError) or getattr(err, "user_facing", False):
+        user_facing = isinstance(err, ConfigError | FileNotFoundError) or getattr(err, "user_facing", False)
+        # Only a loaded mdiff.data.prepared can have raised its error (and it needs xarray,
+        # which the CMOR environment lacks, so it is not imported here).
+        prepared = sys.modules.get("mdiff.data.prepared")
+        if user_facing or (prepared is not None and isinstance(err, prepared.PreparedDataError)):
             print(f"mdiff {name}: error: {err}", file=sys.stderr)
             return 1
         raise

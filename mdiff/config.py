@@ -22,6 +22,8 @@ import yaml
 EXPERIMENTS = ("aimip", "aimip-p2k", "aimip-p4k")
 SST_OFFSET_K = {"aimip": 0.0, "aimip-p2k": 2.0, "aimip-p4k": 4.0}
 AIMIP_TRAINING_LIMIT = "2014-12"  # AI-MIP: train and select on ERA5 within 1979-2014 only
+# ERA5 request groups (mdiff.data.era5 derives their content from the variable table)
+ERA5_GROUPS = ("pressure", "pressure_500", "single", "invariant")
 
 
 class ConfigError(ValueError):
@@ -98,17 +100,32 @@ class SyntheticConfig:
 
 @dataclass
 class Era5Config:
-    """Real ERA5 and the AI-MIP forcing (source: era5)."""
+    """Real ERA5 and the AI-MIP forcing (source: era5). See docs/real-data.md.
+
+    CDS credentials come from the user's standard client config (~/.cdsapirc, or
+    CDSAPI_URL/CDSAPI_KEY), never from this file.
+    """
 
     source: Literal["cds", "local"] = "cds"
-    raw_dir: str = "data/era5/raw"  # where downloaded (or linked) raw files live
-    # source: local -- glob patterns with {year} and {group} for a cluster's ERA5 copy
+    raw_dir: str = "data/era5/raw"  # downloads (cds) and check records (local) live here
+    # source: local -- glob pattern per group (pressure, pressure_500, single with {year};
+    # invariant without), e.g. "/pool/era5/monthly/{year}/*_pl.nc"
     local_patterns: dict[str, str] = field(default_factory=dict)
-    cds_url: str = "https://cds.climate.copernicus.eu/api"
-    max_retries: int = 5
-    retry_backoff_s: float = 30.0
-    forcing_url: str = "https://zenodo.org/records/17065758/files/aimip_sst_sic_1978_2025.nc"
-    forcing_sha256: str = ""  # checksum of the AI-MIP forcing file ("" = record it on first fetch)
+    max_retries: int = 5  # per CDS request / download, with exponential backoff
+    retry_backoff_s: float = 30.0  # first wait; doubles at each retry
+    forcing_url: str = ("https://zenodo.org/api/records/17065758/files/"
+                        "ERA5-0.25deg-monthly-mean-forcing-1978-2024.nc/content")
+    forcing_file: str = "ERA5-0.25deg-monthly-mean-forcing-1978-2024.nc"  # name under raw_dir/aimip
+    forcing_sha256: str = ""  # pin the AI-MIP file ("" = only record the checksum on first fetch)
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0 or self.retry_backoff_s < 0:
+            raise ConfigError("era5.max_retries and era5.retry_backoff_s must be >= 0")
+        bad = [k for k in self.local_patterns if k not in ERA5_GROUPS]
+        if bad:
+            raise ConfigError(f"era5.local_patterns: unknown group(s) {bad}; expected {list(ERA5_GROUPS)}")
+        if self.forcing_sha256 and len(self.forcing_sha256) != 64:
+            raise ConfigError("era5.forcing_sha256: expected 64 hex digits (or empty)")
 
 
 @dataclass
@@ -139,17 +156,52 @@ class AimipConfig:
     source: str = "mdiff MD-1.5: monthly latent diffusion emulator (SFNO CVAE + latent DDPM)"
     contact: str = "mdiff developers"
     version: str = "v20260101"  # version folder: fixed so outputs are predictable
+    # aimip: <institution>/<source>/<experiment>/<member>/mon/<var>/<grid>/<version>/
+    # cmip6: CMIP6/AIMIP/<institution>/<source>/<experiment>/<member>/Amon/<var>/<grid>/<version>/
     layout: Literal["aimip", "cmip6"] = "aimip"
+    grid_label: Literal["gn", "gr"] = "gn"  # gn: the model's native grid
+    deflate_level: int = 1  # NetCDF deflate level of the CMOR files (0 = none)
+    block_months: int = 60  # months per cmor.write call (bounds the memory of one job)
 
     def __post_init__(self) -> None:
-        if "_" in self.source_id:
-            raise ConfigError(f"aimip.source_id {self.source_id!r}: dashes allowed, underscores not")
+        for key in ("institution_id", "source_id"):
+            value = getattr(self, key)
+            if not value or "_" in value or "/" in value or " " in value:
+                raise ConfigError(f"aimip.{key} {value!r}: letters, digits and dashes only "
+                                  "(no underscores, slashes or spaces: it is part of file names)")
+        if len(self.version) != 9 or not self.version.startswith("v") or not self.version[1:].isdigit():
+            raise ConfigError(f"aimip.version {self.version!r}: expected vYYYYMMDD")
+        if not 0 <= self.deflate_level <= 9 or self.block_months < 1:
+            raise ConfigError("aimip.deflate_level must be 0..9 and aimip.block_months >= 1")
 
 
 @dataclass
 class EvaluateConfig:
+    """The evaluation report (AIMIP.md, evaluation): channels, periods and regions."""
+
+    # The whole analysis period (spin-up excluded): climatologies, modes, responses.
+    analysis: list[str] = field(default_factory=lambda: ["1979-01", "2024-12"])
+    # E1 biases and E2 trends, per period (AI-MIP: training era and held-out era).
     periods: list[list[str]] = field(default_factory=lambda: [["1979-01", "2014-12"], ["2015-01", "2024-12"]])
     variables: list[str] = field(default_factory=lambda: ["tas", "pr", "psl", "ta850", "z500", "ua250"])
+    # E3: channels regressed on the Nino3.4 index.
+    enso_variables: list[str] = field(default_factory=lambda: ["tas", "pr", "z500"])
+    # E5: channels of the SST response (AIMIP.md: tas, ts, pr, huss, zg500, ta850, ta500).
+    response_variables: list[str] = field(
+        default_factory=lambda: ["tas", "ts", "pr", "tdas", "z500", "ta850", "ta500"])
+    max_abs_lat: float = 87.5  # E1 RMS over |lat| <= this (as the AI-MIP evaluators do)
+
+    def __post_init__(self) -> None:
+        # Channel names are checked by `mdiff evaluate` (config imports nothing of mdiff).
+        _check_period(self.analysis, "evaluate.analysis")
+        if not self.periods:
+            raise ConfigError("evaluate.periods: expected at least one [first, last] period")
+        for i, period in enumerate(self.periods):
+            _check_period(period, f"evaluate.periods[{i}]")
+            if period[0] < self.analysis[0] or period[1] > self.analysis[1]:
+                raise ConfigError(f"evaluate.periods[{i}] {period} lies outside evaluate.analysis {self.analysis}")
+        if not 0 < self.max_abs_lat <= 90:
+            raise ConfigError(f"evaluate.max_abs_lat = {self.max_abs_lat}; expected (0, 90]")
 
 
 @dataclass
@@ -158,8 +210,21 @@ class SubmitConfig:
 
     endpoint_url: str = "https://s3.eu-dkrz-1.dkrz.cloud"
     bucket: str = "ai-mip"
-    prefix: str = ""  # top folder in the bucket; "" = the institution_id
-    chunksize_mb: int = 50
+    # Folder in the bucket the tree goes under. "": the bucket root for layout aimip (the
+    # tree's top folder is already the institution_id), the institution_id for layout cmip6.
+    prefix: str = ""
+    chunksize_mb: int = 50  # multipart chunk size; ETag checks assume the same value
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 60.0
+    max_attempts: int = 2  # per request (botocore) and per operation (s3fs)
+
+    def __post_init__(self) -> None:
+        if self.chunksize_mb < 5:
+            raise ConfigError("submit.chunksize_mb must be >= 5 (the S3 minimum part size)")
+        if not self.bucket or "/" in self.bucket:
+            raise ConfigError(f"submit.bucket {self.bucket!r}: expected a bucket name without '/'")
+        if self.max_attempts < 1:
+            raise ConfigError("submit.max_attempts must be >= 1")
 
 
 @dataclass
@@ -184,9 +249,11 @@ class ModelConfig:
     """Architecture of the Monthly Diffusion model (config/model/*.yaml, section model)."""
 
     latent_channels: int = 32
-    squeeze: int = 4  # latent grid = (nlat // squeeze, nlon // squeeze)
-    seasonal_channels: int = 3  # learned spatial basis maps weighted by the month MLP
-    embed_channels: int = 4  # learned per-channel embedding width
+    squeeze: int = 4  # latent grid = (nlat // squeeze, nlon // squeeze), Gauss-Legendre rows
+    seasonal_channels: int = 3  # conditioning maps from the month of year
+    seasonal_basis: int = 12  # learned spatial basis maps the month MLP weights
+    embed_channels: int = 4  # learned embedding maps concatenated to each block's input
+    hidden_channels: int = 80  # width of each block after its spectral convolution
     encoder_rank: int = 64
     decoder_rank: int = 256
     denoiser_rank: int = 128
@@ -194,7 +261,16 @@ class ModelConfig:
     time_embed_channels: int = 5
     diffusion_steps: int = 15
     cosine_s: float = 0.008
-    lmax: int | None = None  # None: the grid's resolvable truncation
+    lmax: int | None = None  # model-grid truncation; None: the grid's resolvable truncation
+
+    def __post_init__(self) -> None:
+        for name in ("latent_channels", "squeeze", "seasonal_channels", "seasonal_basis",
+                     "hidden_channels", "encoder_rank", "decoder_rank", "denoiser_rank",
+                     "time_embed_channels", "diffusion_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name} = {getattr(self, name)}; expected >= 1")
+        if self.embed_channels < 0 or self.mlp_ratio <= 0:
+            raise ConfigError("model.embed_channels must be >= 0 and model.mlp_ratio > 0")
 
 
 @dataclass

@@ -59,10 +59,12 @@ if [ ! -f "$STAMPS/venv" ] || [ pyproject.toml -nt "$STAMPS/venv" ]; then
   touch "$STAMPS/venv"
 fi
 
-if [ ! -f "$STAMPS/venv-cmor" ]; then
+# (Re)made also when a pure-Python dependency of mdiff.aimip is missing (added later).
+if [ ! -f "$STAMPS/venv-cmor" ] || ! .venv-cmor/bin/python -c "import dacite, tqdm" 2>/dev/null; then
   echo "[setup] creating .venv-cmor (Debian python3 + CMOR, numpy 1.x)"
   /usr/bin/python3 -m venv --system-site-packages .venv-cmor
-  .venv-cmor/bin/python -m pip install -q pyyaml
+  # mdiff.config needs pyyaml + dacite; tqdm for progress bars (all pure Python).
+  .venv-cmor/bin/python -m pip install -q pyyaml dacite tqdm
   # mdiff.aimip imports no torch: install mdiff itself without dependencies.
   .venv-cmor/bin/python -m pip install -q --no-deps --no-build-isolation -e . 2>/dev/null \
     || .venv-cmor/bin/python -m pip install -q --no-deps -e .

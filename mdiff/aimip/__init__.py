@@ -1,0 +1,1 @@
+"""AI-MIP output: CMOR rewriting, validation and upload. Imports no torch (runs in the CMOR environment)."""

@@ -1,0 +1,88 @@
+"""AI-MIP folder and file names (the data reference syntax), computed without CMOR.
+
+The workflow declares the exact files each cmorize job writes from these, and the
+validator compares every file's folder and name with its global attributes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from mdiff.aimip.tables import TABLE_ID
+from mdiff.config import AimipConfig, PeriodsConfig
+
+FREQUENCY = "mon"
+# <var>_<table>_<source_id>_<experiment_id>_<member>_<grid>_<YYYYMM>-<YYYYMM>.nc
+FILENAME = re.compile(
+    r"^(?P<variable_id>[A-Za-z0-9]+)_(?P<table_id>[A-Za-z0-9]+)_(?P<source_id>[A-Za-z0-9-]+)_"
+    r"(?P<experiment_id>[A-Za-z0-9-]+)_(?P<variant_label>r\d+i\d+p\d+f\d+)_(?P<grid_label>g[a-z0-9]+)_"
+    r"(?P<first>\d{6})-(?P<last>\d{6})\.nc$"
+)
+
+
+def variant_label(member: int | str) -> str:
+    return f"r{member}i1p1f1"
+
+
+def folder_parts(aimip: AimipConfig) -> tuple[str, ...]:
+    """Names of the folder levels, as global attribute names (frequency from the table)."""
+    tail = ("experiment_id", "variant_label", "frequency" if aimip.layout == "aimip" else "table_id",
+            "variable_id", "grid_label", "version")
+    if aimip.layout == "aimip":
+        return ("institution_id", "source_id", *tail)
+    return ("mip_era", "activity_id", "institution_id", "source_id", *tail)
+
+
+def cmor_path_template(aimip: AimipConfig) -> str:
+    """CMOR's output_path_template for the layout (CMOR calls variant_label _member_id)."""
+    names = {"variant_label": "_member_id", "table_id": "table", "frequency": "frequency"}
+    return "".join(f"<{names.get(p, p)}>" for p in folder_parts(aimip))
+
+
+@dataclass(frozen=True)
+class SubmissionFile:
+    variable: str
+    experiment: str
+    member: int | str
+    relpath: Path  # under the aimip root
+
+    @property
+    def name(self) -> str:
+        return self.relpath.name
+
+
+def attributes(aimip: AimipConfig, variable: str, experiment: str, member: int | str) -> dict[str, str]:
+    return {"mip_era": "CMIP6", "activity_id": "AIMIP", "institution_id": aimip.institution_id,
+            "source_id": aimip.source_id, "experiment_id": experiment,
+            "variant_label": variant_label(member), "frequency": FREQUENCY, "table_id": TABLE_ID,
+            "variable_id": variable, "grid_label": aimip.grid_label, "version": aimip.version}
+
+
+def submission_file(aimip: AimipConfig, periods: PeriodsConfig, variable: str, experiment: str,
+                    member: int | str) -> SubmissionFile:
+    a = attributes(aimip, variable, experiment, member)
+    span = f"{periods.run_start.replace('-', '')}-{periods.run_end.replace('-', '')}"
+    name = (f"{variable}_{TABLE_ID}_{aimip.source_id}_{experiment}_{a['variant_label']}_"
+            f"{aimip.grid_label}_{span}.nc")
+    return SubmissionFile(variable, experiment, member,
+                          Path(*(a[p] for p in folder_parts(aimip))) / name)
+
+
+def member_files(aimip: AimipConfig, periods: PeriodsConfig, variables, experiment: str,
+                 member: int | str) -> list[SubmissionFile]:
+    return [submission_file(aimip, periods, v, experiment, member) for v in variables]
+
+
+def tree_root(path: str | Path, aimip: AimipConfig) -> str:
+    """The root of the AI-MIP tree, from the path of one of its files."""
+    return str(Path(path).parents[len(folder_parts(aimip))])
+
+
+def member_batch(member: int, members: int, batch: int) -> tuple[int, int]:
+    """(first, last) member of the rollout batch holding ``member``: consecutive blocks."""
+    if not 1 <= member <= members:
+        raise ValueError(f"member {member} outside 1..{members}")
+    first = (member - 1) // batch * batch + 1
+    return first, min(first + batch - 1, members)

@@ -1,0 +1,185 @@
+"""`mdiff submit`: upload the validated AI-MIP tree to the object store with s3fs.
+
+- Only after a passed validation (the report says so).
+- Credentials come only from the environment or the user's AWS/S3 config (botocore's
+  own lookup); they are never passed on the command line, logged or written.
+- Idempotent and resumable: an object already present with the same size and ETag is
+  skipped. The ETag of a file is computed locally as S3 does (MD5 of a single PUT, or
+  the MD5 of the parts' MD5s with ``-<parts>`` for a multipart upload; s3fs goes
+  multipart from 2 x chunksize, so upload and check use the same chunksize). An
+  interrupted upload leaves no partial object (S3 PUT and multipart completion are
+  atomic): rerun and it carries on.
+- Writes a manifest (key, size, sha256, etag, action); ``--dry-run`` only lists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from mdiff.cli import add_settings_arguments, load_settings
+from mdiff.config import Config
+
+log = logging.getLogger("mdiff.aimip.submit")
+MULTIPART_LIMIT = 5 * 2**30  # s3fs: single PUT only below min(5 GiB, 2 x chunksize)
+
+
+class SubmitError(ValueError):
+    user_facing = True
+
+
+@dataclass
+class Entry:
+    key: str  # bucket/prefix/relative path
+    size: int
+    sha256: str
+    etag: str
+    action: str = ""  # upload | skip (present, same size and ETag) | would-upload (dry run)
+    path: str = ""  # the local file, relative to the tree root
+
+
+def file_digests(path: Path, chunksize: int) -> tuple[str, str]:
+    """(sha256, S3 ETag as s3fs's upload of this file will produce it)."""
+    size = path.stat().st_size
+    sha = hashlib.sha256()
+    parts = []
+    with open(path, "rb") as f:
+        while block := f.read(chunksize):
+            sha.update(block)
+            parts.append(hashlib.md5(block).digest())
+    if size < min(MULTIPART_LIMIT, 2 * chunksize):
+        etag = parts[0].hex() if parts else hashlib.md5(b"").hexdigest()
+    else:
+        etag = f"{hashlib.md5(b''.join(parts)).hexdigest()}-{len(parts)}"
+    return sha.hexdigest(), etag
+
+
+def upload_prefix(cfg: Config) -> str:
+    """Folder in the bucket (see SubmitConfig.prefix)."""
+    if cfg.submit.prefix:
+        return cfg.submit.prefix.strip("/")
+    return "" if cfg.aimip.layout == "aimip" else cfg.aimip.institution_id
+
+
+def make_filesystem(cfg: Config):
+    """s3fs with bounded timeouts/retries; credentials from botocore's usual lookup only."""
+    import s3fs
+
+    s = cfg.submit
+    s3fs.S3FileSystem.retries = s.max_attempts  # a class attribute in s3fs
+    return s3fs.S3FileSystem(
+        anon=False, skip_instance_cache=True, use_listings_cache=False,
+        client_kwargs={"endpoint_url": s.endpoint_url},
+        config_kwargs={"connect_timeout": s.connect_timeout_s, "read_timeout": s.read_timeout_s,
+                       "retries": {"max_attempts": s.max_attempts, "mode": "standard"}},
+    )
+
+
+def require_passed_validation(report_path: str | Path, root: Path) -> None:
+    import json
+
+    path = Path(report_path)
+    if not path.exists():
+        raise SubmitError(f"{path}: no validation report; run `snakemake validate_submission` first")
+    report = json.loads(path.read_text())
+    if not report.get("passed"):
+        raise SubmitError(f"{path}: validation did not pass ({len(report.get('errors', []))} errors); "
+                          "nothing uploaded")
+    if Path(report.get("root", "")).resolve() != root.resolve():
+        raise SubmitError(f"{path}: the report validated {report.get('root')!r}, not {str(root)!r}")
+
+
+def plan(cfg: Config, root: Path, fs, chunksize: int) -> list[Entry]:
+    """What to upload: every file of the tree, marked skip when already present intact."""
+    from tqdm import tqdm
+
+    bucket = cfg.submit.bucket
+    base = "/".join(p for p in (bucket, upload_prefix(cfg)) if p)
+    try:
+        bucket_there = fs.exists(bucket)
+    except Exception as err:  # botocore errors name the endpoint, never the secret
+        raise SubmitError(f"cannot reach {cfg.submit.endpoint_url}: {type(err).__name__}: {err}") from err
+    if not bucket_there:
+        # fs.put would silently create it: a typo must not make a new bucket.
+        raise SubmitError(f"bucket {bucket!r} does not exist at {cfg.submit.endpoint_url}")
+    try:
+        remote = fs.find(base, detail=True) if fs.exists(base) else {}
+    except FileNotFoundError:
+        remote = {}
+    entries = []
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    if not files:
+        raise SubmitError(f"{root}: no files to upload")
+    for path in tqdm(files, desc="checksums", unit="file"):
+        sha, etag = file_digests(path, chunksize)
+        key = f"{base}/{path.relative_to(root).as_posix()}"
+        info = remote.get(key)
+        same = info is not None and int(info.get("size", -1)) == path.stat().st_size and \
+            str(info.get("ETag", "")).strip('"') == etag
+        entries.append(Entry(key, path.stat().st_size, sha, etag, "skip" if same else "upload",
+                             path.relative_to(root).as_posix()))
+    return entries
+
+
+def upload(cfg: Config, root: str | Path, manifest: str | Path | None = None, dry_run: bool = False,
+           fs=None) -> list[Entry]:
+    from tqdm import tqdm
+
+    from mdiff.fileio import write_json
+
+    root = Path(root)
+    if not root.is_dir():
+        raise SubmitError(f"{root}: AI-MIP tree does not exist")
+    chunksize = cfg.submit.chunksize_mb * 2**20
+    fs = fs or make_filesystem(cfg)
+    entries = plan(cfg, root, fs, chunksize)
+    todo = [e for e in entries if e.action == "upload"]
+    log.info("%d files, %d to upload (%.1f MB), %d already present", len(entries), len(todo),
+             sum(e.size for e in todo) / 1e6, len(entries) - len(todo))
+    if dry_run:
+        for e in todo:
+            e.action = "would-upload"
+            print(f"would upload {e.key} ({e.size} bytes)")
+    else:
+        for e in tqdm(todo, desc="upload", unit="file"):
+            fs.put_file(str(root / e.path), e.key, chunksize=chunksize)
+            fs.invalidate_cache(e.key)
+            info = fs.info(e.key)
+            got = str(info.get("ETag", "")).strip('"')
+            if int(info.get("size", -1)) != e.size or got != e.etag:
+                raise SubmitError(f"{e.key}: after upload the object has size {info.get('size')} and ETag "
+                                  f"{got}; expected {e.size} and {e.etag}")
+            log.info("uploaded %s (%d bytes)", e.key, e.size)
+    if manifest and not dry_run:
+        write_json(manifest, {"endpoint_url": cfg.submit.endpoint_url, "bucket": cfg.submit.bucket,
+                              "prefix": upload_prefix(cfg), "chunksize": chunksize,
+                              "objects": [asdict(e) for e in entries]})
+    return entries
+
+
+def add_arguments(parser) -> None:
+    add_settings_arguments(parser)
+    parser.add_argument("--root", required=True, help="root of the AI-MIP tree ({results}/aimip)")
+    parser.add_argument("--report", required=True, help="validation report.json (must have passed)")
+    parser.add_argument("--manifest", help="write the manifest (key, size, sha256) here")
+    parser.add_argument("--dry-run", action="store_true", help="list what would be uploaded; upload nothing")
+
+
+def main(args) -> int:
+    cfg = load_settings(args)
+    root = Path(args.root)
+    require_passed_validation(args.report, root)
+    if not args.dry_run and not args.manifest:
+        raise SubmitError("--manifest is required unless --dry-run")
+    entries = upload(cfg, root, args.manifest, args.dry_run)
+    done = sum(e.action == "upload" for e in entries)
+    log.info("%s: %d files %s, %d already present", cfg.submit.endpoint_url, done if not args.dry_run else
+             sum(e.action == "would-upload" for e in entries), "would be uploaded" if args.dry_run else "uploaded",
+             sum(e.action == "skip" for e in entries))
+    sys.stdout.flush()
+    return 0
+
+

@@ -1,0 +1,414 @@
+"""`mdiff validate`: check every file of the AI-MIP tree and write a report.
+
+Four checkers, run concurrently (each over all files):
+  - ``prepare``: CMOR's PrePARE against the run's tables (in the CMOR interpreter; we
+    count the files it scanned, because it exits 0 when it finds none);
+  - ``cfchecks``: cfchecker with offline tables (no downloads);
+  - ``compliance``: ``compliance-checker --test cf:1.7`` (high-priority failures are errors);
+  - ``aimip``: our own checks of what the tools do not check (folder == file name ==
+    attributes, float32, plev values in Pa, units, the run's months with contiguous
+    bounds, no NaN except declared missing values, the expected set of files).
+Writes ``report.json`` and ``report.md``; exits 1 on any error, naming file and check.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mdiff.aimip import drs
+from mdiff.aimip.tables import AIMIP_LEVELS_PA, BASE, read_base, write_run_tables
+from mdiff.aimip.varmap import load_variable_map
+from mdiff.cli import add_settings_arguments, load_settings
+from mdiff.config import Config
+from mdiff.grid import LatLonGrid
+
+log = logging.getLogger("mdiff.aimip.validate")
+CHUNK = 100  # files per checker process (keeps command lines short)
+
+
+@dataclass
+class Finding:
+    file: str  # path relative to the tree root
+    check: str  # prepare | cfchecks | compliance | aimip:<what>
+    message: str
+    level: str = "error"
+
+
+# --------------------------------------------------------------------- own checks
+
+
+def _months(first: str, last: str) -> list[tuple[int, int]]:
+    y0, m0 = map(int, first.split("-"))
+    y1, m1 = map(int, last.split("-"))
+    return [(y0 + (m0 - 1 + k) // 12, (m0 - 1 + k) % 12 + 1) for k in range((y1 - y0) * 12 + m1 - m0 + 1)]
+
+
+def check_file(path: Path, root: Path, cfg: Config) -> list[Finding]:
+    """The AI-MIP checks groups ran before upload, on one file."""
+    import cftime
+    import netCDF4
+
+    rel = str(path.relative_to(root))
+    out: list[Finding] = []
+
+    def err(what: str, msg: str, level: str = "error") -> None:
+        out.append(Finding(rel, f"aimip:{what}", msg, level))
+
+    m = drs.FILENAME.match(path.name)
+    if not m:
+        err("filename", "name does not follow <var>_Amon_<source>_<experiment>_<member>_<grid>_<YYYYMM>-<YYYYMM>.nc")
+        return out
+    try:
+        nc = netCDF4.Dataset(path)
+    except OSError as e:
+        err("readable", f"cannot be read as NetCDF ({e})")
+        return out
+    with nc:
+        nc.set_auto_mask(False)
+        attrs = {k: str(nc.getncattr(k)) for k in nc.ncattrs()}
+        # Folder parts == file name parts == global attributes.
+        levels = drs.folder_parts(cfg.aimip)
+        folders = Path(rel).parent.parts
+        if len(folders) != len(levels):
+            err("folders", f"folder depth {len(folders)} ({'/'.join(folders)}); expected {len(levels)}: "
+                           f"{'/'.join('<' + p + '>' for p in levels)}")
+        else:
+            for name, part in zip(levels, folders, strict=True):
+                if attrs.get(name) != part:
+                    err("folders", f"folder <{name}> is {part!r} but the file's {name} attribute is {attrs.get(name)!r}")
+        for name in ("variable_id", "table_id", "source_id", "experiment_id", "variant_label", "grid_label"):
+            if attrs.get(name) != m[name]:
+                err("filename", f"file name part <{name}> is {m[name]!r} but the attribute is {attrs.get(name)!r}")
+        # Identity and vocabulary.
+        expected = {"activity_id": "AIMIP", "institution_id": cfg.aimip.institution_id,
+                    "source_id": cfg.aimip.source_id, "table_id": "Amon", "frequency": drs.FREQUENCY,
+                    "grid_label": cfg.aimip.grid_label, "version": cfg.aimip.version, "mip_era": "CMIP6"}
+        for name, want in expected.items():
+            if attrs.get(name) != want:
+                err("attributes", f"global attribute {name} = {attrs.get(name)!r}; expected {want!r}")
+        experiments = sorted(read_base("CMIP6_CV.json")["CV"]["experiment_id"])
+        if attrs.get("experiment_id") not in experiments:
+            err("experiment_id", f"experiment_id {attrs.get('experiment_id')!r} is not an AI-MIP experiment "
+                                 f"{experiments}")
+        elif attrs.get("experiment_id") not in cfg.rollout.experiments:
+            err("experiment_id", f"experiment_id {attrs['experiment_id']!r} is not in rollout.experiments")
+        if "CC BY 4.0" not in attrs.get("license", ""):
+            err("license", f"license does not name CC BY 4.0: {attrs.get('license', '')[:80]!r}")
+        grid = LatLonGrid(cfg.grid.nlat, cfg.grid.nlon)
+        from mdiff.aimip.tables import nominal_resolution
+
+        nominal = nominal_resolution(grid.lat_bounds, grid.lon_bounds)
+        if attrs.get("nominal_resolution") != nominal:
+            err("attributes", f"nominal_resolution {attrs.get('nominal_resolution')!r}; expected {nominal!r} "
+                              f"for the {grid.nlat}x{grid.nlon} grid")
+        # The variable.
+        varmap = load_variable_map()
+        name = m["variable_id"]
+        if name not in varmap:
+            err("variable", f"{name!r} is not an AI-MIP variable {sorted(varmap)}")
+            return out
+        if name not in nc.variables:
+            err("variable", f"variable {name!r} missing; found {sorted(nc.variables)}")
+            return out
+        var = nc.variables[name]
+        spec = varmap[name]
+        if var.dtype != np.float32:
+            err("float32", f"{name} is {var.dtype}; expected float32")
+        if getattr(var, "units", None) != spec.units:
+            err("units", f"{name} has units {getattr(var, 'units', None)!r}; expected {spec.units!r}")
+        std = read_base("CMIP6_Amon.json")["variable_entry"][name]["standard_name"]
+        if getattr(var, "standard_name", None) != std:
+            err("standard_name", f"{name} has standard_name {getattr(var, 'standard_name', None)!r}; expected {std!r}")
+        want_dims = ("time", "plev", "lat", "lon") if spec.has_plev else ("time", "lat", "lon")
+        if var.dimensions != want_dims:
+            err("dimensions", f"{name} has dimensions {var.dimensions}; expected {want_dims}")
+        # Pressure levels: in Pa, exactly the 7 AI-MIP levels (or 500 hPa for zg).
+        want_plev = list(AIMIP_LEVELS_PA) if spec.has_plev else ([50000.0] if spec.level == "p500" else None)
+        if want_plev is not None:
+            if "plev" not in nc.variables:
+                err("plev", f"no plev coordinate; expected {want_plev} Pa")
+            else:
+                plev = np.atleast_1d(np.asarray(nc.variables["plev"][:], dtype=np.float64))
+                units = getattr(nc.variables["plev"], "units", None)
+                if units != "Pa" or plev.shape != (len(want_plev),) or not np.allclose(plev, want_plev):
+                    hint = " (values look like hPa)" if plev.size and plev.max() < 2000 else ""
+                    err("plev", f"plev = {plev.tolist()} {units}{hint}; expected {want_plev} Pa")
+        if tuple(grid.shape) != tuple(var.shape[-2:]):
+            err("grid", f"{name} is on a {var.shape[-2]}x{var.shape[-1]} grid; expected {grid.nlat}x{grid.nlon}")
+        # Time: every month of the run, contiguous monthly bounds.
+        months = _months(cfg.periods.run_start, cfg.periods.run_end)
+        span = f"{months[0][0]:04d}{months[0][1]:02d}-{months[-1][0]:04d}{months[-1][1]:02d}"
+        if f"{m['first']}-{m['last']}" != span:
+            err("time", f"file name covers {m['first']}-{m['last']}; expected {span}")
+        if "time" not in nc.variables or "time_bnds" not in nc.variables:
+            err("time", "time or time_bnds missing")
+        else:
+            t = nc.variables["time"]
+            tv = np.asarray(t[:], dtype=np.float64)
+            bnds = np.asarray(nc.variables["time_bnds"][:], dtype=np.float64)
+            cal = getattr(t, "calendar", "standard")
+            if tv.size != len(months):
+                err("time", f"{tv.size} time steps; expected {len(months)} months "
+                            f"{cfg.periods.run_start}..{cfg.periods.run_end}")
+            elif bnds.shape != (tv.size, 2):
+                err("time", f"time_bnds has shape {bnds.shape}; expected ({tv.size}, 2)")
+            else:
+                starts = cftime.num2date(bnds[:, 0], t.units, cal)
+                ends = cftime.num2date(bnds[:, 1], t.units, cal)
+                got = [(d.year, d.month) for d in starts]
+                if got != months:
+                    bad = next(i for i, (a, b) in enumerate(zip(got, months, strict=True)) if a != b)
+                    err("time", f"step {bad} starts {got[bad][0]:04d}-{got[bad][1]:02d}; expected "
+                                f"{months[bad][0]:04d}-{months[bad][1]:02d} (a missing or extra month?)")
+                elif any(d.day != 1 or d.hour != 0 for d in list(starts) + list(ends)) or \
+                        [(d.year, d.month) for d in ends[:-1]] != months[1:]:
+                    err("time", "time_bnds are not whole calendar months")
+                if not np.array_equal(bnds[1:, 0], bnds[:-1, 1]):
+                    err("time", "time_bnds are not contiguous")
+                if not ((bnds[:, 0] <= tv) & (tv <= bnds[:, 1])).all():
+                    err("time", "time values lie outside their bounds")
+        # Values: no NaN unless NaN is the declared missing value; report fill values.
+        fill = getattr(var, "missing_value", getattr(var, "_FillValue", None))
+        n_nan = n_fill = 0
+        step = max(1, int(2e7 // max(1, int(np.prod(var.shape[1:])))))
+        for i in range(0, var.shape[0], step):
+            block = np.asarray(var[i:i + step])
+            n_nan += int(np.isnan(block).sum())
+            if fill is not None and np.isfinite(fill):
+                n_fill += int((block == np.float32(fill)).sum())
+        if n_nan and not (fill is not None and np.isnan(fill)):
+            err("nan", f"{name} has {n_nan} NaN values and declares missing_value {fill}")
+        if n_fill:
+            err("missing_values", f"{name} has {n_fill} missing values ({fill})", level="warning")
+    return out
+
+
+# ----------------------------------------------------------------- external tools
+
+
+def _sibling_or_path(exe: str) -> str | None:
+    beside = Path(sys.executable).parent / exe
+    return str(beside) if beside.exists() else shutil.which(exe)
+
+
+def _chunks(items: list, n: int = CHUNK):
+    return [items[i:i + n] for i in range(0, len(items), n)]
+
+
+PREPARE_CODE = ("import ctypes, sys\n"
+                "try:\n    ctypes.CDLL('libuuid.so.1', mode=ctypes.RTLD_GLOBAL)\nexcept OSError:\n    pass\n"
+                "from cmip6_cv.PrePARE import main\nsys.argv[0] = 'PrePARE'\nmain()\n")
+
+
+def run_prepare(files: list[Path], tables: Path, python: str) -> tuple[dict[str, list[str]], int, str]:
+    """PrePARE on ``files``: ({file: [errors]}, number of files it scanned, raw output)."""
+    results: dict[str, list[str]] = {}
+    scanned = 0
+    raw = []
+    for chunk in _chunks(files):
+        proc = subprocess.run([python, "-c", PREPARE_CODE, "--table-path", str(tables), "--all",
+                               "--no-text-color", "--hide-progress", "--max-processes", "1",
+                               *map(str, chunk)], capture_output=True, text=True)
+        text = proc.stdout + proc.stderr
+        raw.append(text)
+        hit = re.search(r"Number of files scanned: (\d+)", text)
+        if hit is None:
+            raise RuntimeError(f"PrePARE ({python}) did not run (exit {proc.returncode}):\n{text[-2000:]}")
+        scanned += int(hit[1])
+        pending: list[str] = []
+        for line in text.splitlines():
+            s = line.strip()
+            ok = re.search(r"CV SUCCESS :: (.+)$", s)
+            bad = re.search(r"CV FAIL\s+:: (.+)$", s)
+            if ok:
+                results[ok[1].strip()] = []
+                pending = []
+            elif bad:
+                results[bad[1].strip()] = pending or ["PrePARE: CV FAIL (no message)"]
+                pending = []
+            elif s and not s.startswith("=") and not s.startswith("Checking data") and \
+                    not s.startswith("Number of file"):
+                pending.append(s)
+    return results, scanned, "\n".join(raw)
+
+
+def run_cfchecks(files: list[Path], exe: str) -> dict[str, list[str]]:
+    """cfchecks with offline tables: {file: [ERROR/FATAL lines]}."""
+    from compliance_checker import __file__ as cc_file
+
+    names = Path(cc_file).parent / "data" / "cf-standard-name-table.xml"
+    results: dict[str, list[str]] = {}
+    for chunk in _chunks(files):
+        proc = subprocess.run([exe, "-v", "auto", "-s", str(names), "-a", str(BASE / "cf-area-types.xml"),
+                               "-r", str(BASE / "cf-regions.xml"), *map(str, chunk)],
+                              capture_output=True, text=True)
+        text = proc.stdout + proc.stderr
+        blocks = re.split(r"^CHECKING NetCDF FILE: ", text, flags=re.M)[1:]
+        if len(blocks) != len(chunk):
+            raise RuntimeError(f"cfchecks checked {len(blocks)} of {len(chunk)} files (exit {proc.returncode}):\n"
+                               f"{text[-2000:]}")
+        for block in blocks:
+            name, _, body = block.partition("\n")
+            errors = [ln.strip() for ln in body.splitlines() if re.match(r"\s*(ERROR|FATAL)\b", ln)]
+            n = re.search(r"ERRORS detected: (\d+)", body)
+            if n and int(n[1]) and not errors:
+                errors = [f"ERRORS detected: {n[1]}"]
+            results[name.strip()] = errors
+    return results
+
+
+def run_compliance(files: list[Path], exe: str) -> dict[str, tuple[list[str], list[str]]]:
+    """compliance-checker cf:1.7: {file: (high-priority failures, medium-priority failures)}."""
+    results: dict[str, tuple[list[str], list[str]]] = {}
+    for chunk in _chunks(files):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "cc.json"
+            proc = subprocess.run([exe, "--test", "cf:1.7", "-f", "json_new", "-o", str(out), *map(str, chunk)],
+                                  capture_output=True, text=True)
+            if not out.exists():
+                raise RuntimeError(f"compliance-checker wrote no report (exit {proc.returncode}):\n"
+                                   f"{(proc.stdout + proc.stderr)[-2000:]}")
+            report = json.loads(out.read_text())
+        for name, tests in report.items():
+            r = tests.get("cf:1.7", {})
+            if "errors" in r and r["errors"]:
+                results[name] = ([f"checker error: {r['errors']}"], [])
+                continue
+
+            def failed(items):
+                return [f"{c['name']}: {'; '.join(c.get('msgs') or ['failed'])}"
+                        for c in items if c["value"][0] < c["value"][1]]
+
+            results[name] = (failed(r.get("high_priorities", [])), failed(r.get("medium_priorities", [])))
+    return results
+
+
+# --------------------------------------------------------------------- the report
+
+
+def expected_tree(cfg: Config) -> list[Path]:
+    varmap = load_variable_map()
+    return [f.relpath for e in cfg.rollout.experiments for k in range(1, cfg.rollout.members + 1)
+            for f in drs.member_files(cfg.aimip, cfg.periods, varmap, e, k)]
+
+
+def validate(cfg: Config, root: str | Path, prepare_python: str, cfchecks: str | None = None,
+             compliance: str | None = None, jobs: int = 2) -> dict:
+    from tqdm import tqdm
+
+    root = Path(root)
+    cfchecks = cfchecks or _sibling_or_path("cfchecks")
+    compliance = compliance or _sibling_or_path("compliance-checker")
+    for what, exe in (("cfchecks", cfchecks), ("compliance-checker", compliance)):
+        if not exe:
+            raise FileNotFoundError(f"{what} not found beside {sys.executable} nor on PATH")
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: AI-MIP tree does not exist")
+    findings: list[Finding] = []
+    found = sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
+    expected = expected_tree(cfg)
+    for rel in sorted(set(expected) - set(found)):
+        findings.append(Finding(str(rel), "aimip:tree", "expected file is missing"))
+    for rel in sorted(set(found) - set(expected)):
+        findings.append(Finding(str(rel), "aimip:tree", "unexpected file in the tree (it would be uploaded)"))
+    files = [root / rel for rel in found if rel.suffix == ".nc"]
+    with tempfile.TemporaryDirectory() as tmp:
+        tables = write_run_tables(cfg.aimip, Path(tmp) / "tables")
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            fut_prepare = pool.submit(run_prepare, files, tables, prepare_python)
+            fut_cf = pool.submit(run_cfchecks, files, cfchecks)
+            fut_cc = pool.submit(run_compliance, files, compliance)
+            for path in tqdm(files, desc="aimip checks", unit="file"):
+                findings += check_file(path, root, cfg)
+            prepared, scanned, _ = fut_prepare.result()
+            cf = fut_cf.result()
+            cc = fut_cc.result()
+    if scanned != len(files):
+        findings.append(Finding(".", "prepare", f"PrePARE scanned {scanned} files; expected {len(files)}"))
+    for path in files:
+        rel, key = str(path.relative_to(root)), str(path)
+        if key not in prepared:
+            findings.append(Finding(rel, "prepare", "PrePARE reported no result for this file"))
+        for msg in prepared.get(key, []):
+            findings.append(Finding(rel, "prepare", msg))
+        if key not in cf:
+            findings.append(Finding(rel, "cfchecks", "cfchecks reported no result for this file"))
+        for msg in cf.get(key, []):
+            findings.append(Finding(rel, "cfchecks", msg))
+        high, medium = cc.get(key, (["compliance-checker reported no result for this file"], []))
+        findings += [Finding(rel, "compliance", msg) for msg in high]
+        findings += [Finding(rel, "compliance", msg, "warning") for msg in medium]
+    errors = [f for f in findings if f.level == "error"]
+    return {
+        "passed": not errors,
+        "root": str(root),
+        "files": len(files),
+        "expected_files": len(expected),
+        "prepare_scanned": scanned,
+        "cfchecks_checked": len(cf),
+        "compliance_checked": len(cc),
+        "errors": [asdict(f) for f in errors],
+        "warnings": [asdict(f) for f in findings if f.level != "error"],
+        "failed_files": sorted({f.file for f in errors}),
+    }
+
+
+def report_markdown(report: dict) -> str:
+    status = "PASSED" if report["passed"] else "FAILED"
+    lines = [f"# AI-MIP validation: {status}", "",
+             f"- tree: `{report['root']}`",
+             f"- files: {report['files']} found, {report['expected_files']} expected",
+             f"- PrePARE scanned {report['prepare_scanned']}, cfchecks checked {report['cfchecks_checked']}, "
+             f"compliance-checker (cf:1.7) checked {report['compliance_checked']}",
+             f"- errors: {len(report['errors'])}, warnings: {len(report['warnings'])}", ""]
+    for title, items in (("Errors", report["errors"]), ("Warnings", report["warnings"])):
+        if items:
+            lines += [f"## {title}", "", "| file | check | message |", "|---|---|---|"]
+            lines += [f"| `{f['file']}` | {f['check']} | {f['message'].replace('|', '/')} |" for f in items]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def add_arguments(parser) -> None:
+    add_settings_arguments(parser)
+    parser.add_argument("--root", required=True, help="root of the AI-MIP tree ({results}/aimip)")
+    parser.add_argument("--report-json", required=True)
+    parser.add_argument("--report-md", required=True)
+    parser.add_argument("--prepare-python", default=None,
+                        help="interpreter with CMOR's PrePARE (default: .venv-cmor/bin/python if present, "
+                             "else this one)")
+    parser.add_argument("--cfchecks", default=None, help="cfchecks executable (default: beside python, or PATH)")
+    parser.add_argument("--compliance-checker", default=None, help="compliance-checker executable")
+    parser.add_argument("--jobs", type=int, default=2, help="checkers run at once")
+
+
+def main(args) -> int:
+    from mdiff.fileio import atomic_path, write_json
+
+    cfg = load_settings(args)
+    python = args.prepare_python or (".venv-cmor/bin/python" if os.path.exists(".venv-cmor/bin/python")
+                                     else sys.executable)
+    report = validate(cfg, args.root, python, args.cfchecks, args.compliance_checker, args.jobs)
+    write_json(args.report_json, report)
+    with atomic_path(args.report_md) as tmp:
+        tmp.write_text(report_markdown(report))
+    if report["passed"]:
+        log.info("validation passed: %d files, %d warnings", report["files"], len(report["warnings"]))
+        return 0
+    print(f"mdiff validate: {len(report['errors'])} error(s) in {len(report['failed_files'])} file(s) "
+          f"(report: {args.report_md})", file=sys.stderr)
+    for f in report["errors"][:200]:
+        print(f"  {f['file']}: {f['check']}: {f['message']}", file=sys.stderr)
+    return 1

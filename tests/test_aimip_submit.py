@@ -1,0 +1,205 @@
+"""Upload of the AI-MIP tree to a real S3 server (moto, in-process on loopback)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_aimip_fixtures import make_config, run_mdiff, settings_json
+
+from mdiff.aimip import submit as S
+
+KEY_ID = "AKIAMDIFFTESTKEY0001"
+SECRET = "mdiff-test-secret-9f3c2e71d4b84a0e"  # must never appear in any output
+CHUNK_MB = 5  # the S3 minimum part size: files >= 10 MiB go multipart
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws_env(monkeypatch, tmp_path):
+    env = {"AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
+           "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials")}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return env
+
+
+@pytest.fixture
+def bucket(endpoint, aws_env, request):
+    import s3fs
+
+    name = "aimip-" + hashlib.md5(request.node.name.encode()).hexdigest()[:12]
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint}, skip_instance_cache=True)
+    fs.mkdir(name)
+    return name
+
+
+def make_tree(tmp: Path) -> Path:
+    """A small tree: a few small files and one multipart-sized file."""
+    root = tmp / "aimip"
+    rng = np.random.default_rng(0)
+    for i, size in enumerate([100, 2048, 70_000, 11 * 2**20 + 123]):
+        p = root / "mdiff" / "mdiff-MD15" / "aimip" / f"r{i + 1}i1p1f1" / "mon" / "tas" / f"f{i}.nc"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(rng.bytes(size))
+    (tmp / "report.json").write_text(json.dumps({"passed": True, "root": str(root), "errors": []}))
+    return root
+
+
+def config(tmp: Path, endpoint: str, bucket: str, **submit):
+    cfg = make_config(tmp)
+    cfg.submit.endpoint_url = endpoint
+    cfg.submit.bucket = bucket
+    cfg.submit.chunksize_mb = CHUNK_MB
+    for k, v in submit.items():
+        setattr(cfg.submit, k, v)
+    return cfg
+
+
+def remote_objects(cfg, bucket):
+    fs = S.make_filesystem(cfg)
+    return {k: fs.cat_file(k) for k in fs.find(bucket)}
+
+
+def assert_complete(root: Path, objects: dict, bucket: str):
+    local = {f"{bucket}/{p.relative_to(root).as_posix()}": p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    assert set(objects) == set(local)  # nothing missing, nothing extra (no duplicates)
+    for key, data in local.items():
+        assert hashlib.sha256(objects[key]).hexdigest() == hashlib.sha256(data).hexdigest(), key
+
+
+def test_local_etag_matches_what_s3_reports(tmp_path, endpoint, bucket):
+    root = make_tree(tmp_path)
+    cfg = config(tmp_path, endpoint, bucket)
+    entries = S.upload(cfg, root, tmp_path / "manifest.json")  # verifies size + ETag per object
+    assert {e.action for e in entries} == {"upload"}
+    assert any(e.etag.endswith("-3") for e in entries)  # 11 MiB in 5 MiB parts: multipart
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    by_key = {o["key"]: o for o in manifest["objects"]}
+    for p in root.rglob("*.nc"):
+        o = by_key[f"{bucket}/{p.relative_to(root).as_posix()}"]
+        assert o["size"] == p.stat().st_size
+        assert o["sha256"] == hashlib.sha256(p.read_bytes()).hexdigest()
+    assert_complete(root, remote_objects(cfg, bucket), bucket)
+
+
+def test_rerun_skips_everything_and_reuploads_a_changed_object(tmp_path, endpoint, bucket):
+    root = make_tree(tmp_path)
+    cfg = config(tmp_path, endpoint, bucket)
+    S.upload(cfg, root, tmp_path / "m1.json")
+    again = S.upload(cfg, root, tmp_path / "m2.json")
+    assert {e.action for e in again} == {"skip"}
+    # A corrupted remote object of the same size is found by its ETag and replaced.
+    victim = next(e for e in again if e.size == 2048)
+    S.make_filesystem(cfg).pipe_file(victim.key, b"\0" * 2048)
+    third = S.upload(cfg, root, tmp_path / "m3.json")
+    assert [e.key for e in third if e.action == "upload"] == [victim.key]
+    assert_complete(root, remote_objects(cfg, bucket), bucket)
+
+
+def test_interrupted_upload_resumes_without_duplicates_or_corruption(tmp_path, endpoint, bucket):
+    root = make_tree(tmp_path)
+    cfg = config(tmp_path, endpoint, bucket)
+    fs = S.make_filesystem(cfg)
+    real_call = fs._call_s3
+    calls = {"parts": 0}
+
+    async def failing_call(method, *args, **kwargs):
+        # Die in the middle of the multipart upload of the big file (after its first part),
+        # when the small files before it are already up.
+        if method == "upload_part":
+            calls["parts"] += 1
+            if calls["parts"] == 2:
+                raise ConnectionError("network went away")
+        return await real_call(method, *args, **kwargs)
+
+    fs._call_s3 = failing_call
+    with pytest.raises(ConnectionError):
+        S.upload(cfg, root, tmp_path / "manifest.json", fs=fs)
+    assert not (tmp_path / "manifest.json").exists()
+    partial = remote_objects(cfg, bucket)
+    assert 0 < len(partial) < 4
+    for key, data in partial.items():  # whatever is there is whole
+        local = root / key.split("/", 1)[1]
+        assert data == local.read_bytes()
+
+    entries = S.upload(cfg, root, tmp_path / "manifest.json")
+    assert sum(e.action == "skip" for e in entries) == len(partial)
+    assert sum(e.action == "upload" for e in entries) == 4 - len(partial)
+    assert_complete(root, remote_objects(cfg, bucket), bucket)
+
+
+def test_dry_run_uploads_nothing(tmp_path, endpoint, bucket, capsys):
+    root = make_tree(tmp_path)
+    cfg = config(tmp_path, endpoint, bucket)
+    entries = S.upload(cfg, root, tmp_path / "manifest.json", dry_run=True)
+    assert {e.action for e in entries} == {"would-upload"}
+    assert capsys.readouterr().out.count("would upload") == 4
+    assert remote_objects(cfg, bucket) == {}
+    assert not (tmp_path / "manifest.json").exists()
+
+
+def test_missing_bucket_is_an_error_and_is_not_created(tmp_path, endpoint, aws_env):
+    root = make_tree(tmp_path)
+    cfg = config(tmp_path, endpoint, "no-such-bucket")
+    with pytest.raises(S.SubmitError, match="bucket 'no-such-bucket' does not exist"):
+        S.upload(cfg, root, tmp_path / "manifest.json")
+    assert not S.make_filesystem(cfg).exists("no-such-bucket")
+
+
+def test_prefix_places_the_tree(tmp_path, endpoint, bucket):
+    root = make_tree(tmp_path)
+    cfg = config(tmp_path, endpoint, bucket, prefix="test-round")
+    S.upload(cfg, root, tmp_path / "manifest.json")
+    keys = list(remote_objects(cfg, bucket))
+    assert keys and all(k.startswith(f"{bucket}/test-round/mdiff/mdiff-MD15/") for k in keys)
+
+
+def test_refuses_without_a_passed_validation(tmp_path):
+    root = make_tree(tmp_path)
+    (tmp_path / "report.json").write_text(json.dumps({"passed": False, "root": str(root), "errors": [1]}))
+    with pytest.raises(S.SubmitError, match="did not pass"):
+        S.require_passed_validation(tmp_path / "report.json", root)
+    with pytest.raises(S.SubmitError, match="no validation report"):
+        S.require_passed_validation(tmp_path / "missing.json", root)
+
+
+def test_secret_never_appears_in_output_logs_or_files(tmp_path, endpoint, bucket, aws_env):
+    root = make_tree(tmp_path)
+    cfg = config(tmp_path, endpoint, bucket)
+    settings = settings_json(cfg)
+    outputs = []
+    for extra in (["--dry-run"], ["--manifest", str(tmp_path / "manifest.json")]):
+        proc = run_mdiff(["submit", "--settings", settings, "--root", str(root),
+                          "--report", str(tmp_path / "report.json"), *extra], env=aws_env)
+        outputs += [proc.stdout, proc.stderr]
+    assert "uploaded" in outputs[-1]
+    # A failing run (wrong bucket) must not leak it either.
+    bad = make_config(tmp_path)
+    bad.submit.endpoint_url, bad.submit.bucket = endpoint, "missing-bucket"
+    proc = run_mdiff(["submit", "--settings", settings_json(bad), "--root", str(root), "--report",
+                      str(tmp_path / "report.json"), "--manifest", str(tmp_path / "m2.json")], env=aws_env, check=False)
+    assert proc.returncode == 1 and "missing-bucket" in proc.stderr
+    outputs += [proc.stdout, proc.stderr]
+    for text in outputs:
+        assert SECRET not in text and KEY_ID not in text
+    for p in tmp_path.rglob("*"):
+        if p.is_file() and p.suffix in (".json", ".log", ".txt", ".md"):
+            assert SECRET not in p.read_text(errors="replace"), p
+    assert json.loads((tmp_path / "manifest.json").read_text())["objects"]
