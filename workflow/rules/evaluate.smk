@@ -1,1 +1,50 @@
-# (rules of this stage are added by its issue)
+# The evaluation report (docs/evaluation.md): AI-MIP metrics E1-E3 and E5, NAO, spread,
+# stability and, on the synthetic world, perfect-model scores against the known truth.
+import os
+
+# Every rollout file: consecutive member batches of every configured experiment.
+EVALUATE_ROLLOUTS = [
+    f"{RESULTS}/rollout/{exp}/members_{a:03d}-{min(a + CFG.rollout.member_batch - 1, CFG.rollout.members):03d}.nc"
+    for exp in CFG.rollout.experiments
+    for a in range(1, CFG.rollout.members + 1, CFG.rollout.member_batch)
+]
+EVALUATE_TRUTH = (
+    [f"{RESULTS}/truth/response.nc", f"{RESULTS}/truth/modes.nc", f"{RESULTS}/truth/realizations"]
+    if CFG.source == "synthetic"
+    else []
+)
+REPORT = f"{RESULTS}/report"
+
+
+rule evaluate:
+    """Scores, figures and a one-page HTML report of the three AI-MIP runs."""
+    input:
+        rollout=EVALUATE_ROLLOUTS,
+        state=PREPARED_STATE,
+        forcing=PREPARED_FORCING,
+        statics=PREPARED_STATICS,
+        truth=EVALUATE_TRUTH,
+    output:
+        html=f"{REPORT}/index.html",
+        scores=f"{REPORT}/scores.json",
+        figures=directory(f"{REPORT}/figures"),
+    params:
+        settings=settings("grid", "source", "evaluate"),
+        truth=lambda w, input: f"--truth {os.path.dirname(input.truth[0])}" if input.truth else "",
+        output=lambda w, output: os.path.dirname(output.html),
+    log:
+        f"{LOGS}/evaluate.log",
+    benchmark:
+        f"{BENCH}/evaluate.tsv"
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../../envs/mdiff.yaml"
+    shell:
+        "mdiff evaluate --settings {params.settings:q} --rollout {input.rollout} "
+        "--state {input.state} --forcing {input.forcing} --statics {input.statics} "
+        "{params.truth} --output {params.output} > {log} 2>&1"
+
+
+ALL_TARGETS.extend([f"{REPORT}/index.html", f"{REPORT}/scores.json"])

@@ -1,0 +1,643 @@
+"""`mdiff evaluate`: AI-MIP metrics, modes, SST response and perfect-model scores, as a report.
+
+Reads the rollouts of the three experiments, the reference (prepared ERA5, or
+realisation 0 of the synthetic world), the forcing and statics and, on the synthetic
+world, the truth (exact response, planted modes, independent realisations). Writes
+``index.html``, ``scores.json`` (every score named, with units and meaning) and
+``figures/*.png`` into the output folder. The numerics live in ``metrics``; see
+docs/evaluation.md for every definition.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Template
+
+import numpy as np
+from tqdm import tqdm
+
+from mdiff import config as C
+from mdiff import variables as V
+from mdiff.data.prepared import PreparedDataError, month_range
+from mdiff.evaluate import metrics as M
+from mdiff.evaluate import sources as S
+from mdiff.evaluate.figures import MapPanel, MapRow, Series, SeriesPanel, maps_figure, series_figure
+from mdiff.fileio import atomic_path, write_json
+from mdiff.grid import LatLonGrid
+
+log = logging.getLogger(__name__)
+
+CONTROL = "aimip"
+WARMED = ("aimip-p2k", "aimip-p4k")
+NAO_EXTENT = (-90.0, 40.0, 20.0, 80.0)  # lon -90..40, lat 20..80 (the sector drawn)
+FIGURES = "figures"
+
+
+# ------------------------------------------------------------------------ plumbing
+
+
+@dataclass
+class Inputs:
+    rollout: list[Path]
+    state: list[Path]
+    forcing: Path
+    statics: Path
+    truth: Path | None = None
+
+
+class Scores:
+    """Named scores: ``name -> {value, units, description}``; non-finite values become null."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, dict] = {}
+
+    def add(self, name: str, value, units: str, description: str) -> None:
+        if name in self.items:
+            raise ValueError(f"score {name!r} computed twice")
+        v = float(value) if value is not None else None
+        self.items[name] = {"value": v if v is not None and math.isfinite(v) else None,
+                            "units": units, "description": description}
+
+    def value(self, name: str) -> float | None:
+        item = self.items.get(name)
+        return None if item is None else item["value"]
+
+
+def period_label(period: list[str]) -> str:
+    a, b = period
+    return f"{a[:4]}-{b[:4]}" if a.endswith("-01") and b.endswith("-12") else f"{a}..{b}"
+
+
+def _std(x: np.ndarray) -> float:
+    return float(np.std(x, ddof=1)) if np.size(x) > 1 else float("nan")
+
+
+def _annual(months: np.ndarray, series: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Calendar-year means of (..., time) series: years and (..., year)."""
+    years = np.asarray(months).astype("datetime64[Y]").astype(int) + 1970
+    uniq = np.unique(years)
+    return uniq, np.stack([series[..., years == y].mean(axis=-1) for y in uniq], axis=-1)
+
+
+@dataclass
+class Collected:
+    """What the figures and the HTML need, gathered while the channels stream by."""
+
+    bias_rows: list[MapRow] = field(default_factory=list)
+    enso_rows: list[MapRow] = field(default_factory=list)
+    response_rows: list[MapRow] = field(default_factory=list)
+    nao_rows: list[MapRow] = field(default_factory=list)
+    global_panels: list[SeriesPanel] = field(default_factory=list)
+    nino34: SeriesPanel | None = None
+
+
+# ---------------------------------------------------------------------- evaluation
+
+
+class Evaluation:
+    def __init__(self, cfg: C.Config, inputs: Inputs):
+        self.cfg = cfg
+        self.ecfg = cfg.evaluate
+        self.grid = LatLonGrid(cfg.grid.nlat, cfg.grid.nlon)
+        self.months = month_range(*self.ecfg.analysis)
+        self.years = M.decimal_years(self.months)
+        self.scores = Scores()
+        self.out = Collected()
+        self._check_channels()
+
+        groups = S.group_rollouts(inputs.rollout)
+        if CONTROL not in groups:
+            raise PreparedDataError(f"no rollout of experiment {CONTROL!r} among {sorted(groups)} "
+                                    f"(files: {[str(p) for p in inputs.rollout[:3]]} ...)")
+        self.runs = {exp: S.Ensemble(exp, [[p] for p in files], self.grid)
+                     for exp, files in sorted(groups.items())}
+        self.warmed = [e for e in WARMED if e in self.runs]
+        state = sorted(inputs.state, key=lambda p: Path(p).name)
+        self.reference = S.Ensemble("reference (prepared state)", [state], self.grid)
+
+        self.synthetic = cfg.source == "synthetic"
+        self.truth_dir = inputs.truth
+        if self.synthetic and self.truth_dir is None:
+            raise PreparedDataError("source is synthetic: the perfect-model scores need --truth "
+                                    "(the synthetic world's truth folder)")
+        if not self.synthetic and self.truth_dir is not None:
+            raise PreparedDataError(f"--truth {self.truth_dir} given, but source is {cfg.source!r}: "
+                                    f"truth exists only for the synthetic world")
+        self.truth = None
+        if self.synthetic:
+            # Realisation 0 is the prepared state; r1..r{R-1} are the independent ones.
+            extra = S.realization_files(self.truth_dir)
+            self.truth = S.Ensemble("truth realisations", [state] + [[p] for p in extra], self.grid)
+            log.info("truth: %d realisations (prepared state + %d files)", 1 + len(extra), len(extra))
+
+        self.land = S.read_static(inputs.statics, "lsm", self.grid)
+        self.sst = S.read_forcing_sst(inputs.forcing, self.months, self.grid)
+        self.nino34 = M.nino34_index(self.grid, self.sst, self.months)
+        self.nonfinite = dict.fromkeys(self.runs, 0)
+
+    def _check_channels(self) -> None:
+        for key in ("variables", "enso_variables", "response_variables"):
+            bad = [c for c in getattr(self.ecfg, key) if c not in V.STATE_NAMES]
+            if bad:
+                raise C.ConfigError(f"evaluate.{key}: unknown state channel(s) {bad}; expected names "
+                                    f"from mdiff/variables.py: {', '.join(V.STATE_NAMES)}")
+
+    def close(self) -> None:
+        for ens in [*self.runs.values(), self.reference, self.truth]:
+            if ens is not None:
+                ens.close()
+
+    # ------------------------------------------------------------------ driver
+
+    def run(self) -> None:
+        e = self.ecfg
+        channels = list(dict.fromkeys([*e.variables, *e.enso_variables, *e.response_variables, "psl"]))
+        self._nino34_scores()
+        for ch in tqdm(channels, desc="evaluate", unit="channel"):
+            self._channel(ch)
+        for exp, n in self.nonfinite.items():
+            self.scores.add(f"stability.{exp}.nonfinite_values", n, "1",
+                            f"NaN/Inf values in the evaluated channels of {exp} (0 = a stable run)")
+
+    def _read(self, ens: S.Ensemble, ch: str) -> np.ndarray:
+        values = ens.field(ch, self.months)
+        if ens.name in self.nonfinite:
+            self.nonfinite[ens.name] += int((~np.isfinite(values)).sum())
+        return values
+
+    def _channel(self, ch: str) -> None:
+        e = self.ecfg
+        em = self._read(self.runs[CONTROL], ch)
+        ref = self._read(self.reference, ch)
+        truth = self._read(self.truth, ch) if self.truth is not None else None
+        warmed_means, warmed_global = {}, {}
+        if ch in e.variables or ch in e.response_variables:
+            for exp in self.warmed:
+                values = self._read(self.runs[exp], ch)
+                warmed_means[exp] = values.mean(axis=(0, 1), dtype=np.float64)
+                warmed_global[exp] = M.area_mean(self.grid, values)
+                del values
+        if ch in e.variables:
+            self._bias(ch, em, ref, truth)
+            self._trends_and_stability(ch, em, ref, truth, warmed_global)
+            self._variability(ch, em, ref, truth)
+        if ch in e.enso_variables:
+            self._enso(ch, em, ref, truth)
+        if ch == "psl":
+            self._nao(em, ref, truth)
+        if ch in e.response_variables and self.warmed:
+            self._response(ch, em, warmed_means)
+
+    # ------------------------------------------------------------------- E1
+
+    def _bias(self, ch, em, ref, truth) -> None:
+        d = S.display(ch)
+        band = M.lat_band_mask(self.grid, self.ecfg.max_abs_lat)
+        panels = []
+        for period in self.ecfg.periods:
+            label = period_label(period)
+            sel = M.select_months(self.months, *period)
+            em_mean = em[:, sel].mean(axis=(0, 1), dtype=np.float64)
+            bias = em_mean - ref[:, sel].mean(axis=(0, 1), dtype=np.float64)
+            self.scores.add(f"e1.bias_rms.{d.label}.{label}", M.area_rms(self.grid, bias, band), d.units,
+                            f"E1: area-weighted RMS over |lat| <= {self.ecfg.max_abs_lat} of the time-mean "
+                            f"bias (ensemble mean - reference), {label}")
+            self.scores.add(f"e1.bias_mean.{d.label}.{label}", M.area_mean(self.grid, bias), d.units,
+                            f"E1: global area-weighted mean of the time-mean bias, {label}")
+            if truth is not None:
+                true_clim = truth[:, sel].mean(axis=(0, 1), dtype=np.float64)
+                self.scores.add(f"perfect.bias_rms.{d.label}.{label}",
+                                M.area_rms(self.grid, em_mean - true_clim, band), d.units,
+                                f"perfect model: RMS of the ensemble mean minus the truth climate "
+                                f"(mean of all truth realisations), {label}")
+            panels.append(MapPanel(f"bias {label}", bias))
+        self.out.bias_rows.append(MapRow(d.label, d.units, panels))
+
+    # ------------------------------------------------------------- E2 + stability
+
+    def _trends_and_stability(self, ch, em, ref, truth, warmed_global) -> None:
+        d = S.display(ch)
+        gm = {CONTROL: M.area_mean(self.grid, em), "reference": M.area_mean(self.grid, ref)[0]}
+        if truth is not None:
+            gm["truth"] = M.area_mean(self.grid, truth)
+        anomalies = {k: M.monthly_anomalies(v, self.months, axis=-1) for k, v in gm.items()}
+        for period in self.ecfg.periods:
+            label = period_label(period)
+            sel = M.select_months(self.months, *period)
+            trend = {k: 10.0 * M.linear_trend(a[..., sel], self.years[sel]) for k, a in anomalies.items()}
+            what = f"E2: linear trend of the global-mean monthly anomalies, {label}"
+            self.scores.add(f"e2.trend.{d.label}.{label}.emulator", np.mean(trend[CONTROL]),
+                            f"{d.units} decade-1", f"{what}: ensemble mean of the members' trends")
+            self.scores.add(f"e2.trend.{d.label}.{label}.emulator_member_std", _std(trend[CONTROL]),
+                            f"{d.units} decade-1", f"{what}: standard deviation across members")
+            self.scores.add(f"e2.trend.{d.label}.{label}.reference", trend["reference"],
+                            f"{d.units} decade-1", f"{what}: reference")
+            if "truth" in trend:
+                self.scores.add(f"perfect.trend.{d.label}.{label}.truth_mean", np.mean(trend["truth"]),
+                                f"{d.units} decade-1", f"{what}: mean over the truth realisations")
+                self.scores.add(f"perfect.trend.{d.label}.{label}.truth_std", _std(trend["truth"]),
+                                f"{d.units} decade-1", f"{what}: standard deviation across truth realisations")
+
+        # Stability: annual global means over the whole analysis period.
+        years, _ = _annual(self.months, gm["reference"])
+        n = max(1, min(10, years.size // 2))
+        series = []
+        all_global = {CONTROL: gm[CONTROL], **warmed_global}
+        for exp in [CONTROL, *self.warmed]:
+            _, ann = _annual(self.months, all_global[exp])
+            late_early = float(ann.mean(axis=0)[-n:].mean() - ann.mean(axis=0)[:n].mean())
+            self.scores.add(f"stability.{d.label}.{exp}.late_minus_early", late_early, d.units,
+                            f"stability: ensemble-mean global mean of the last {n} years minus the first {n}")
+            series.append(Series(exp, years, ann))
+        _, ann_ref = _annual(self.months, gm["reference"])
+        self.scores.add(f"stability.{d.label}.reference.late_minus_early",
+                        float(ann_ref[-n:].mean() - ann_ref[:n].mean()), d.units,
+                        f"stability: reference global mean of the last {n} years minus the first {n}")
+        if "truth" in gm:
+            _, ann_truth = _annual(self.months, gm["truth"])
+            series.append(Series("truth realisations", years, ann_truth, color="0.5"))
+        series.append(Series("reference", years, ann_ref, color="k", style="--"))
+        self.out.global_panels.append(SeriesPanel(f"{d.label}: annual global mean", d.units, series))
+
+    # ----------------------------------------------------------- variability
+
+    def _variability(self, ch, em, ref, truth) -> None:
+        d = S.display(ch)
+        var_em = M.interannual_variance(self.grid, em, self.months)
+        var_ref = M.interannual_variance(self.grid, ref, self.months)
+        what = "std of monthly anomalies (sqrt of the area-weighted mean variance, members pooled)"
+        self.scores.add(f"variability.{d.label}.emulator", math.sqrt(var_em), d.units, f"emulator {what}")
+        self.scores.add(f"variability.{d.label}.reference", math.sqrt(var_ref), d.units, f"reference {what}")
+        self.scores.add(f"variability.{d.label}.ratio", math.sqrt(var_em / var_ref) if var_ref > 0 else None,
+                        "1", "emulator / reference std of monthly anomalies")
+        spread_em = M.ensemble_variance(self.grid, em)
+        self.scores.add(f"spread.{d.label}.emulator", math.sqrt(spread_em), d.units,
+                        "ensemble spread: sqrt of the area-weighted, time-mean variance across members")
+        if truth is not None:
+            spread_truth = M.ensemble_variance(self.grid, truth)
+            self.scores.add(f"spread.{d.label}.truth", math.sqrt(spread_truth), d.units,
+                            "spread of the truth realisations (same forcing): sqrt of the area-weighted, "
+                            "time-mean variance across realisations")
+            self.scores.add(f"spread.{d.label}.ratio", math.sqrt(spread_em / spread_truth)
+                            if spread_truth > 0 else None, "1", "emulator spread / truth spread")
+            var_truth = M.interannual_variance(self.grid, truth, self.months)
+            self.scores.add(f"perfect.variance_ratio.{d.label}", var_em / var_truth if var_truth > 0 else None,
+                            "1", "perfect model: variance of monthly anomalies, emulator members pooled / "
+                            "truth realisations pooled (area-weighted means)")
+
+    # ------------------------------------------------------------------- E3
+
+    def _nino34_scores(self) -> None:
+        idx = self.nino34
+        self.scores.add("e3.nino34.std", np.nanstd(idx), "K",
+                        "E3: standard deviation of the Nino3.4 index of the forcing SST "
+                        "(5S-5N, 170W-120W, detrended anomalies, 3-month running mean)")
+        series = [Series("Nino3.4 (forcing SST)", self.years, idx, color="C3")]
+        if self.synthetic:
+            modes = Path(self.truth_dir) / "modes.nc"
+            planted = S.read_series(modes, "enso_index", self.months, self.grid)
+            # Filtered like the index, so the score asks only whether the box reads the mode.
+            planted = M.running_mean(M.detrend(M.monthly_anomalies(planted, self.months, axis=-1)))
+            ok = np.isfinite(idx) & np.isfinite(planted)
+            corr = float(np.corrcoef(idx[ok], planted[ok])[0, 1])
+            self.scores.add("perfect.enso.nino34_vs_planted_index_correlation", corr, "1",
+                            "perfect model: correlation of the Nino3.4 index with the planted ENSO index "
+                            "(filtered alike: anomalies, detrended, 3-month running mean)")
+            series.append(Series("planted ENSO index", self.years, planted, color="0.4", style="--"))
+        self.out.nino34 = SeriesPanel("Nino3.4 index of the forcing SST", "K", series)
+
+    def _planted_enso(self, ch: str) -> np.ndarray:
+        """The planted teleconnection of ``ch`` per kelvin of the Nino3.4 index."""
+        modes = Path(self.truth_dir) / "modes.nc"
+        pattern = S.read_map(modes, f"enso_pattern_{V.channel(ch).variable}", ch, self.grid)
+        sst_pattern = S.read_map(modes, "enso_pattern_sst", "sst", self.grid)
+        box = M.region_mask(self.grid, M.NINO34_LAT, M.NINO34_LON)
+        per_k = float(M.area_mean(self.grid, np.where(self.land < 0.5, sst_pattern, np.nan), box))
+        if not math.isfinite(per_k) or abs(per_k) < 1e-6:
+            raise PreparedDataError(f"{modes}: enso_pattern_sst averages {per_k} K over the Nino3.4 box; "
+                                    f"expected a warm-phase pattern to normalise the teleconnections")
+        return pattern / per_k
+
+    def _enso(self, ch, em, ref, truth) -> None:
+        d = S.display(ch)
+        reg_em = M.enso_regression(em.mean(axis=0, dtype=np.float64), self.months, self.nino34)
+        reg_ref = M.enso_regression(ref[0], self.months, self.nino34)
+        units = f"{d.units} K-1"
+        self.scores.add(f"e3.regression.{d.label}.pattern_correlation",
+                        M.pattern_correlation(self.grid, reg_em, reg_ref), "1",
+                        "E3: pattern correlation of the regression maps on Nino3.4, emulator vs reference")
+        self.scores.add(f"e3.regression.{d.label}.amplitude_ratio",
+                        M.amplitude_ratio(self.grid, reg_em, reg_ref), "1",
+                        "E3: amplitude of the emulator regression map along the reference one "
+                        "(<e,r>/<r,r>, area-weighted; 1 = right strength)")
+        self.scores.add(f"e3.regression.{d.label}.rms_emulator", M.area_rms(self.grid, reg_em), units,
+                        "E3: area-weighted RMS of the emulator regression map")
+        self.scores.add(f"e3.regression.{d.label}.rms_reference", M.area_rms(self.grid, reg_ref), units,
+                        "E3: area-weighted RMS of the reference regression map")
+        panels = [MapPanel("emulator", reg_em), MapPanel("reference", reg_ref)]
+        if truth is not None:
+            planted = self._planted_enso(ch)
+            reg_truth = M.enso_regression(truth, self.months, self.nino34).mean(axis=0)
+            for who, reg in (("emulator", reg_em), ("truth", reg_truth)):
+                self.scores.add(f"perfect.enso.{d.label}.pattern_correlation_{who}",
+                                M.pattern_correlation(self.grid, reg, planted), "1",
+                                f"perfect model: pattern correlation of the {who} regression map on Nino3.4 "
+                                f"with the planted teleconnection" + (" (mean map of the realisations: "
+                                                                       "the sampling ceiling)" if who == "truth"
+                                                                       else ""))
+                self.scores.add(f"perfect.enso.{d.label}.amplitude_ratio_{who}",
+                                M.amplitude_ratio(self.grid, reg, planted), "1",
+                                f"perfect model: amplitude of the {who} regression map along the planted "
+                                f"teleconnection per K of Nino3.4")
+            panels.append(MapPanel("planted", planted))
+        self.out.enso_rows.append(MapRow(d.label, units, panels))
+
+    # ------------------------------------------------------------------- NAO
+
+    def _nao(self, em, ref, truth) -> None:
+        g = self.grid
+        sector = M.region_mask(g, M.NAO_LAT, M.NAO_LON)
+        eof_em = M.nao_eof(g, em, self.months)
+        eof_ref = M.nao_eof(g, ref, self.months)
+        self.scores.add("nao.pattern_correlation", M.pattern_correlation(g, eof_em["pattern"], eof_ref["pattern"],
+                                                                         sector), "1",
+                        "NAO (first EOF of DJF psl anomalies, 20-80N 90W-40E): pattern correlation, "
+                        "emulator (members pooled) vs reference")
+        self.scores.add("nao.variance_ratio", eof_em["variance"] / eof_ref["variance"], "1",
+                        "NAO: variance carried by the first EOF (area-weighted), emulator / reference")
+        for who, eof in (("emulator", eof_em), ("reference", eof_ref)):
+            self.scores.add(f"nao.std.{who}", math.sqrt(eof["variance"]), "hPa",
+                            f"NAO: sqrt of the area-weighted variance of the first EOF, {who}")
+            self.scores.add(f"nao.explained_variance.{who}", eof["explained"], "1",
+                            f"NAO: fraction of DJF psl anomaly variance in the sector explained by EOF1, {who}")
+        panels = [MapPanel("emulator EOF1", eof_em["pattern"]), MapPanel("reference EOF1", eof_ref["pattern"])]
+        if truth is not None:
+            planted = S.read_map(Path(self.truth_dir) / "modes.nc", "nao_pattern_psl", "psl", g)
+            planted = M.nao_sign(g, np.where(sector, planted, np.nan)) * planted  # EOF signs are arbitrary
+            eof_truth = M.nao_eof(g, truth, self.months)
+            for who, eof in (("emulator", eof_em), ("truth", eof_truth)):
+                self.scores.add(f"perfect.nao.pattern_correlation_{who}",
+                                M.pattern_correlation(g, eof["pattern"], planted, sector), "1",
+                                f"perfect model: pattern correlation of the {who} NAO EOF with the planted "
+                                f"NAO pattern over the sector")
+            self.scores.add("perfect.nao.variance_ratio", eof_em["variance"] / eof_truth["variance"], "1",
+                            "perfect model: NAO EOF1 variance, emulator / truth realisations pooled")
+            panels.append(MapPanel("planted", np.where(sector, planted, np.nan)))
+        self.out.nao_rows.append(MapRow("psl", "hPa per std of PC", panels))
+
+    # ------------------------------------------------------------------- E5
+
+    def _response(self, ch, em, warmed_means) -> None:
+        d = S.display(ch)
+        control = em.mean(axis=(0, 1), dtype=np.float64)
+        panels = []
+        for exp in self.warmed:
+            offset = C.SST_OFFSET_K[exp]
+            response = warmed_means[exp] - control
+            self.scores.add(f"e5.sensitivity.{d.label}.{exp}",
+                            M.sensitivity_per_kelvin(self.grid, response, offset), f"{d.units} K-1",
+                            f"E5: global-mean time-mean response ({exp} - {CONTROL}) per K of SST warming")
+            panels.append(MapPanel(f"{exp} - {CONTROL}", response))
+            if self.truth is not None:
+                true = S.read_response(Path(self.truth_dir) / "response.nc", ch, exp, self.grid)
+                self.scores.add(f"perfect.response.{d.label}.{exp}.pattern_correlation",
+                                M.pattern_correlation(self.grid, response, true), "1",
+                                "perfect model: pattern correlation of the response with the exact planted one")
+                self.scores.add(f"perfect.response.{d.label}.{exp}.amplitude_ratio",
+                                M.amplitude_ratio(self.grid, response, true), "1",
+                                "perfect model: amplitude of the response along the exact one (<e,t>/<t,t>)")
+                self.scores.add(f"perfect.response.{d.label}.{exp}.sensitivity_truth",
+                                M.sensitivity_per_kelvin(self.grid, true, offset), f"{d.units} K-1",
+                                "perfect model: global-mean sensitivity per K of the exact response")
+                if exp == self.warmed[-1]:
+                    panels.append(MapPanel(f"exact {exp}", true))
+        if ch in self.ecfg.variables:
+            self.out.response_rows.append(MapRow(d.label, d.units, panels))
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def write_figures(ev: Evaluation, folder: Path) -> dict[str, Path]:
+    """All figures of the report; returns section -> PNG path."""
+    g, out, land = ev.grid, ev.out, ev.land
+    figs: dict[str, Path] = {}
+    if out.bias_rows:
+        figs["bias"] = maps_figure(folder / "bias.png", g, out.bias_rows, land,
+                                   "E1: time-mean bias, ensemble mean - reference",
+                                   rows_per_line=2 if len(out.bias_rows[0].panels) <= 2 else 1)
+    if out.global_panels:
+        figs["global_means"] = series_figure(folder / "global_means.png", out.global_panels,
+                                             "Annual global means (ensemble mean and member range)")
+    if out.nino34 is not None:
+        figs["nino34"] = series_figure(folder / "nino34.png", [out.nino34], "E3: Nino3.4 index", ncol=1)
+    if out.enso_rows:
+        figs["enso"] = maps_figure(folder / "enso.png", g, out.enso_rows, land,
+                                   "E3: regression on the Nino3.4 index (per K)")
+    if out.nao_rows:
+        figs["nao"] = maps_figure(folder / "nao.png", g, out.nao_rows, land,
+                                  "NAO: first EOF of DJF sea-level pressure anomalies", extent=NAO_EXTENT)
+    if out.response_rows:
+        figs["response"] = maps_figure(folder / "response.png", g, out.response_rows, land,
+                                       "E5: time-mean response to uniform SST warming")
+    return figs
+
+
+# ------------------------------------------------------------------------------ HTML
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "&ndash;"
+    if isinstance(value, str):
+        return html.escape(value)
+    if value == 0 or 1e-3 <= abs(value) < 1e5:
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:.1f}"
+    return f"{value:.2e}"
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _figure(figs: dict[str, Path], key: str, alt: str) -> str:
+    if key not in figs:
+        return ""
+    return f'<figure><img src="{FIGURES}/{figs[key].name}" alt="{html.escape(alt)}"></figure>'
+
+
+def build_html(ev: Evaluation, figs: dict[str, Path]) -> str:
+    s, e = ev.scores, ev.ecfg
+    labels = [S.display(c) for c in e.variables]
+    periods = [period_label(p) for p in e.periods]
+    parts = []
+
+    parts.append("<h2>E1: time-mean bias</h2><p>Area-weighted RMS (|lat| &le; "
+                 f"{e.max_abs_lat}&deg;) and global mean of the ensemble-mean bias against the reference.</p>")
+    header = ["variable", "units"] + [f"{w} {p}" for p in periods for w in ("RMS", "mean")]
+    if ev.synthetic:
+        header += [f"RMS vs truth climate {p}" for p in periods]
+    rows = []
+    for d in labels:
+        row = [d.label, d.units] + [s.value(f"e1.bias_{w}.{d.label}.{p}") for p in periods for w in ("rms", "mean")]
+        if ev.synthetic:
+            row += [s.value(f"perfect.bias_rms.{d.label}.{p}") for p in periods]
+        rows.append(row)
+    parts.append(_table(header, rows) + _figure(figs, "bias", "bias maps"))
+
+    parts.append("<h2>E2: trends of global means, and stability</h2><p>Linear trend of global-mean monthly "
+                 "anomalies per decade: ensemble mean &plusmn; member standard deviation; reference.</p>")
+    header = ["variable", "units"] + [f"{w} {p}" for p in periods for w in ("emulator", "&plusmn;", "reference")]
+    header = [h.replace("&plusmn;", "member std") for h in header]
+    rows = [[d.label, f"{d.units}/decade"] + [s.value(f"e2.trend.{d.label}.{p}.{w}") for p in periods
+                                              for w in ("emulator", "emulator_member_std", "reference")]
+            for d in labels]
+    parts.append(_table(header, rows))
+    exps = [CONTROL, *ev.warmed]
+    n = max(1, min(10, len(np.unique(ev.months.astype("datetime64[Y]"))) // 2))
+    parts.append(f"<p>Stability: global mean of the last {n} years minus the first {n} years.</p>")
+    header = ["variable", "units"] + [f"{x} late - early" for x in [*exps, "reference"]]
+    rows = [[d.label, d.units] + [s.value(f"stability.{d.label}.{x}.late_minus_early") for x in [*exps, "reference"]]
+            for d in labels]
+    parts.append(_table(header, rows))
+    parts.append("<p>Non-finite values: " + ", ".join(
+        f"{x}: {_fmt(s.value(f'stability.{x}.nonfinite_values'))}" for x in ev.runs) + "</p>")
+    parts.append(_figure(figs, "global_means", "annual global means"))
+
+    parts.append("<h2>Variability and ensemble spread</h2><p>Std of monthly anomalies (members pooled) and the "
+                 "spread across members" + (", against the truth realisations" if ev.synthetic else "") + ".</p>")
+    header = ["variable", "units", "std emulator", "std reference", "ratio", "spread emulator"]
+    if ev.synthetic:
+        header += ["spread truth", "spread ratio", "variance ratio vs truth"]
+    rows = []
+    for d in labels:
+        row = [d.label, d.units] + [s.value(f"variability.{d.label}.{w}") for w in ("emulator", "reference", "ratio")]
+        row.append(s.value(f"spread.{d.label}.emulator"))
+        if ev.synthetic:
+            row += [s.value(f"spread.{d.label}.truth"), s.value(f"spread.{d.label}.ratio"),
+                    s.value(f"perfect.variance_ratio.{d.label}")]
+        rows.append(row)
+    parts.append(_table(header, rows))
+
+    parts.append("<h2>E3: ENSO teleconnections</h2><p>Regression of detrended monthly anomalies on the "
+                 f"Ni&ntilde;o3.4 index of the forcing SST (std {_fmt(s.value('e3.nino34.std'))} K).</p>")
+    header = ["variable", "pattern corr. vs reference", "amplitude ratio vs reference"]
+    if ev.synthetic:
+        header += ["pattern corr. vs planted", "amplitude vs planted", "truth realisations vs planted"]
+    rows = []
+    for c in e.enso_variables:
+        d = S.display(c)
+        row = [d.label] + [s.value(f"e3.regression.{d.label}.{w}") for w in ("pattern_correlation", "amplitude_ratio")]
+        if ev.synthetic:
+            row += [s.value(f"perfect.enso.{d.label}.{w}") for w in
+                    ("pattern_correlation_emulator", "amplitude_ratio_emulator", "pattern_correlation_truth")]
+        rows.append(row)
+    parts.append(_table(header, rows) + _figure(figs, "nino34", "Nino3.4 index") + _figure(figs, "enso", "ENSO"))
+
+    parts.append("<h2>NAO</h2><p>First EOF of DJF sea-level-pressure anomalies over 20&ndash;80&deg;N, "
+                 "90&deg;W&ndash;40&deg;E (area-weighted; emulator members pooled).</p>")
+    rows = [["pattern correlation vs reference", s.value("nao.pattern_correlation")],
+            ["variance ratio vs reference", s.value("nao.variance_ratio")],
+            ["std emulator / reference (hPa)", f"{_fmt(s.value('nao.std.emulator'))} / {_fmt(s.value('nao.std.reference'))}"],
+            ["explained variance emulator / reference",
+             f"{_fmt(s.value('nao.explained_variance.emulator'))} / {_fmt(s.value('nao.explained_variance.reference'))}"]]
+    if ev.synthetic:
+        rows += [["pattern correlation vs planted (emulator)", s.value("perfect.nao.pattern_correlation_emulator")],
+                 ["pattern correlation vs planted (truth realisations)", s.value("perfect.nao.pattern_correlation_truth")],
+                 ["variance ratio vs truth realisations", s.value("perfect.nao.variance_ratio")]]
+    parts.append(_table(["score", "value"], rows) + _figure(figs, "nao", "NAO patterns"))
+
+    if ev.warmed:
+        parts.append("<h2>E5: response to uniform SST warming</h2><p>Time-mean ensemble-mean response and the "
+                     "global-mean sensitivity per kelvin of SST warming.</p>")
+        header = ["variable", "units"] + [f"sensitivity {x}" for x in ev.warmed]
+        if ev.synthetic:
+            header += [f"exact sensitivity {ev.warmed[-1]}"] + [f"{w} {x}" for x in ev.warmed for w in ("pattern corr.", "amplitude")]
+        rows = []
+        for c in e.response_variables:
+            d = S.display(c)
+            row = [d.label, f"{d.units}/K"] + [s.value(f"e5.sensitivity.{d.label}.{x}") for x in ev.warmed]
+            if ev.synthetic:
+                row.append(s.value(f"perfect.response.{d.label}.{ev.warmed[-1]}.sensitivity_truth"))
+                row += [s.value(f"perfect.response.{d.label}.{x}.{w}") for x in ev.warmed
+                        for w in ("pattern_correlation", "amplitude_ratio")]
+            rows.append(row)
+        parts.append(_table(header, rows) + _figure(figs, "response", "SST response"))
+
+    members = {x: ens_members(ens) for x, ens in ev.runs.items()}
+    subtitle = (f"source: {html.escape(ev.cfg.source)} &middot; grid {ev.grid.nlat}&times;{ev.grid.nlon} &middot; "
+                f"analysis {e.analysis[0]}&ndash;{e.analysis[1]} &middot; members: "
+                + ", ".join(f"{x} {n}" for x, n in members.items())
+                + " &middot; checkpoint " + html.escape(", ".join(c[:12] for c in ens_checkpoints(ev.runs[CONTROL])))
+                + f" &middot; written {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}")
+    template = Template((Path(__file__).with_name("report.html")).read_text())
+    return template.substitute(title="mdiff evaluation report", subtitle=subtitle, body="\n".join(parts))
+
+
+def ens_members(ens: S.Ensemble) -> int:
+    return sum(ds.sizes.get("member", 1) for files in ens.sources for _, ds in files[:1])
+
+
+def ens_checkpoints(ens: S.Ensemble) -> list[str]:
+    """The distinct ``checkpoint_sha256`` attributes of a rollout ensemble's files (provenance)."""
+    return sorted({str(ds.attrs.get("checkpoint_sha256", "unknown")) for files in ens.sources for _, ds in files})
+
+
+# -------------------------------------------------------------------------- command
+
+
+def evaluate(cfg: C.Config, inputs: Inputs, output: str | Path) -> dict:
+    """Compute every score, write figures, scores.json and index.html into ``output``."""
+    output = Path(output)
+    ev = Evaluation(cfg, inputs)
+    try:
+        ev.run()
+        figs = write_figures(ev, output / FIGURES)
+        page = build_html(ev, figs)
+        doc = {
+            "source": cfg.source,
+            "analysis": cfg.evaluate.analysis,
+            "periods": cfg.evaluate.periods,
+            "experiments": {x: {"members": ens_members(ens), "files": ens.paths,
+                                "checkpoint_sha256": ens_checkpoints(ens)} for x, ens in ev.runs.items()},
+            "reference": ev.reference.paths[:1] + (["..."] if len(ev.reference.paths) > 1 else []),
+            "truth": str(inputs.truth) if inputs.truth else None,
+            "figures": {k: f"{FIGURES}/{p.name}" for k, p in figs.items()},
+            "scores": ev.scores.items,
+        }
+    finally:
+        ev.close()
+    write_json(output / "scores.json", doc)
+    with atomic_path(output / "index.html") as tmp:
+        tmp.write_text(page)
+    log.info("report: %s (%d scores, %d figures)", output / "index.html", len(ev.scores.items), len(figs))
+    return doc
+
+
+def add_arguments(parser) -> None:
+    from mdiff.cli import add_settings_arguments
+
+    add_settings_arguments(parser)
+    parser.add_argument("--rollout", nargs="+", required=True, help="rollout files of all experiments")
+    parser.add_argument("--state", nargs="+", required=True, help="prepared state files (the reference)")
+    parser.add_argument("--forcing", required=True, help="prepared/forcing.nc")
+    parser.add_argument("--statics", required=True, help="prepared/statics.nc")
+    parser.add_argument("--truth", help="the synthetic world's truth folder (source: synthetic)")
+    parser.add_argument("--output", required=True, help="report folder: index.html, scores.json, figures/")
+
+
+def main(args) -> int:
+    from mdiff.cli import load_settings
+
+    cfg = load_settings(args)
+    inputs = Inputs([Path(p) for p in args.rollout], [Path(p) for p in args.state], Path(args.forcing),
+                    Path(args.statics), Path(args.truth) if args.truth else None)
+    evaluate(cfg, inputs, args.output)
+    return 0
