@@ -55,3 +55,22 @@ def test_cli_reports_bad_config_without_traceback(tmp_path):
                           "--statics", "y.nc", "--output", str(tmp_path / "s.json")], capture_output=True, text=True)
     assert out.returncode == 1
     assert "periods.tarin" in out.stderr and str(bad) in out.stderr and "Traceback" not in out.stderr
+
+
+def _leaf_keys(cls, prefix=""):
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            yield from _leaf_keys(tp, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}"
+
+
+def test_config_readme_documents_every_key():
+    text = (REPO / "config" / "README.md").read_text()
+    missing = [k for cls in (C.Config, C.ModelFile) for k in _leaf_keys(cls) if f"`{k}`" not in text]
+    assert not missing, f"config/README.md does not document {missing}"

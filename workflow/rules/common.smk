@@ -28,7 +28,7 @@ def state_files(*periods):
 
 
 def settings(*sections):
-    """JSON of the resolved config sections a rule depends on: passed as a rule param, so
+    """JSON of the resolved config sections a stage depends on, passed as a params entry, so
     changing one of them reruns that rule and what depends on it, and nothing else."""
     out = {}
     for name in sections:
