@@ -1,0 +1,294 @@
+"""The Monthly Diffusion model (MD-1.5): spectral CVAE + conditional latent diffusion.
+
+One API serves training and rollouts. All fields are *normalised* (see
+``mdiff.data.normalize``): states (B, 37, H, W), forcing (B, 3, H, W) from
+``Normalizer.forcing``. One month step of a rollout, from month t to month t + 1::
+
+    cond_t = model.conditioning(forcing[t], month_of(t))          # once per month
+    mu, logvar = model.encode(state_t, cond_t)                    # once, initial state
+    latent = mu                                                   # or a sample of N(mu, sigma)
+    for each month t -> t + 1:
+        cond_next = model.conditioning(forcing[t + 1], month_of(t + 1))   # once per month
+        latent = model.sample_next(latent, cond_next, generators)         # month t + 1
+        state_next = model.decode(latent, cond_next)                      # month t + 1
+
+Which month's conditioning goes where (METHOD.md defect 1: the published code feeds the
+seasonality of month t where month t + 1 belongs):
+
+* ``encode(state_t, cond_t)``: the state's own month t.
+* ``sample_next(latent_t, cond_next, ...)``: month **t + 1**, the month being sampled.
+* ``decode(latent_t1, cond_next)``: the latent's own month, t + 1.
+
+A ``Conditioning`` computed for a batch of 1 broadcasts to any number of members, so
+a rollout computes it once per month for all members (defect 7).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mdiff import variables as V
+from mdiff.config import ModelConfig
+from mdiff.grid import LatLonGrid
+from mdiff.nn.diffusion import CosineSchedule, TimeEmbedding, add_noise, ancestral_sample, v_target
+from mdiff.nn.layers import SphereBlock
+from mdiff.nn.seasonality import SeasonalityEmbedding
+from mdiff.nn.spectral import SphereGrid, TruncatedISHT, TruncatedSHT
+
+LOGVAR_RANGE = (-12.0, 6.0)  # keeps exp(logvar) finite early in training
+
+
+@dataclass
+class Conditioning:
+    """Conditioning maps of one month: forcing (3), seasonality, statics (5).
+
+    ``full`` lives on the model grid (B, K, H, W), ``latent`` on the latent grid (B, K, h, w).
+    """
+
+    full: torch.Tensor
+    latent: torch.Tensor
+
+    @property
+    def batch(self) -> int:
+        return self.full.shape[0]
+
+    def broadcast(self, batch: int) -> Conditioning:
+        """The same conditioning for ``batch`` members (a view, no copy)."""
+        if self.batch == batch:
+            return self
+        if self.batch != 1:
+            raise ValueError(f"conditioning for {self.batch} samples cannot serve a batch of {batch}; "
+                             "expected a batch of 1 (broadcast) or the same batch")
+        return Conditioning(self.full.expand(batch, -1, -1, -1), self.latent.expand(batch, -1, -1, -1))
+
+    @staticmethod
+    def cat(parts: Sequence[Conditioning]) -> Conditioning:
+        return Conditioning(torch.cat([p.full for p in parts]), torch.cat([p.latent for p in parts]))
+
+    def to(self, *args, **kwargs) -> Conditioning:
+        return Conditioning(self.full.to(*args, **kwargs), self.latent.to(*args, **kwargs))
+
+
+class MonthlyDiffusion(nn.Module):
+    """Encoder, decoder and denoiser (one SFNO-style block each), seasonality, schedule."""
+
+    def __init__(self, config: ModelConfig, grid: LatLonGrid):
+        super().__init__()
+        self.config, self.grid = config, grid
+        full = SphereGrid.model(grid, config.lmax)
+        latent = SphereGrid.latent(grid, config.squeeze)
+        self.full_grid, self.latent_grid = full, latent
+        c, k, t = config.latent_channels, self.cond_channels, config.time_embed_channels
+        common = dict(hidden=config.hidden_channels, embed_channels=config.embed_channels,
+                      mlp_ratio=config.mlp_ratio)
+        self.seasonality = SeasonalityEmbedding(config.seasonal_channels, config.seasonal_basis, full.shape)
+        self.encoder = SphereBlock(V.N_STATE, 2 * c, k, k, full, latent, rank=config.encoder_rank, **common)
+        self.decoder = SphereBlock(c, V.N_STATE, k, k, latent, full, rank=config.decoder_rank, **common)
+        self.denoiser = SphereBlock(2 * c + t, c, k, k + t, latent, latent, rank=config.denoiser_rank, **common)
+        self.time_embedding = TimeEmbedding(t, config.diffusion_steps)
+        self.schedule = CosineSchedule(config.diffusion_steps, config.cosine_s)
+        # Latent population mean/std: real parameters, trained and saved (METHOD.md defect 2).
+        # The diffusion runs on the latent standardised by them.
+        self.latent_mean = nn.Parameter(torch.zeros(c))
+        self.latent_std = nn.Parameter(torch.ones(c))
+        # Fixed spectral resampling of conditioning maps to the latent grid.
+        self.to_latent_sht = TruncatedSHT(full, latent.lmax)
+        self.to_latent_isht = TruncatedISHT(latent, latent.lmax)
+        self.register_buffer("statics", torch.zeros(V.N_STATIC, *full.shape))
+        self.register_buffer("statics_latent", torch.zeros(V.N_STATIC, *latent.shape))
+        self.register_buffer("latent_area_weights", torch.as_tensor(latent.area_weights, dtype=torch.float32),
+                             persistent=False)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def cond_channels(self) -> int:
+        return V.N_FORCING + self.config.seasonal_channels + V.N_STATIC
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return (self.config.latent_channels, *self.latent_grid.shape)
+
+    def set_statics(self, statics: torch.Tensor) -> None:
+        """Store the normalised statics (5, H, W): they travel with the weights in checkpoints."""
+        if tuple(statics.shape) != tuple(self.statics.shape):
+            raise ValueError(f"statics have shape {tuple(statics.shape)}; expected {tuple(self.statics.shape)}")
+        with torch.no_grad():
+            self.statics.copy_(statics)
+            self.statics_latent.copy_(self.resample_to_latent(self.statics[None])[0])
+
+    def resample_to_latent(self, maps: torch.Tensor) -> torch.Tensor:
+        """(B, K, H, W) on the model grid -> (B, K, h, w), truncated to the latent grid's modes."""
+        coeffs = self.to_latent_sht(maps)[..., : self.latent_grid.lmax, :]
+        return self.to_latent_isht(coeffs)
+
+    # ------------------------------------------------------------------ the API
+    def conditioning(self, forcing: torch.Tensor, month: torch.Tensor) -> Conditioning:
+        """Conditioning of a month from its forcing (B, 3, H, W) and month of year (B,) in 1..12.
+
+        Compute it once per month and pass it to many members (it broadcasts from batch 1).
+        """
+        torch._check(forcing.dim() == 4 and forcing.shape[1] == V.N_FORCING,
+                     lambda: f"forcing has shape {tuple(forcing.shape)}; expected (B, {V.N_FORCING}, H, W)")
+        month = torch.as_tensor(month, device=forcing.device).reshape(-1)
+        torch._check(month.shape[0] == forcing.shape[0], lambda: "one month per forcing sample expected")
+        batch = forcing.shape[0]
+        season = self.seasonality(month).to(forcing.dtype)
+        statics = self.statics.to(forcing.dtype).expand(batch, -1, -1, -1)
+        full = torch.cat([forcing, season, statics], dim=1)
+        latent = torch.cat([self.resample_to_latent(torch.cat([forcing, season], dim=1)),
+                            self.statics_latent.to(forcing.dtype).expand(batch, -1, -1, -1)], dim=1)
+        return Conditioning(full, latent)
+
+    def encode(self, state: torch.Tensor, cond: Conditioning) -> tuple[torch.Tensor, torch.Tensor]:
+        """State (B, 37, H, W) of month t with month t's conditioning -> (mu, logvar) (B, C, h, w)."""
+        cond = cond.broadcast(state.shape[0])
+        mu, logvar = self.encoder(state, cond.full, cond.latent).chunk(2, dim=1)
+        return mu, logvar.clamp(*LOGVAR_RANGE)
+
+    def decode(self, latent: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """Latent (B, C, h, w) of a month with *that month's* conditioning -> state (B, 37, H, W)."""
+        cond = cond.broadcast(latent.shape[0])
+        return self.decoder(latent, cond.latent, cond.full)
+
+    def sample_next(self, latent: torch.Tensor, cond_next: Conditioning,
+                    generator: torch.Generator | Sequence[torch.Generator]) -> torch.Tensor:
+        """Sample month t + 1's latent given month t's latent and month **t + 1**'s conditioning.
+
+        ``generator``: one ``torch.Generator`` per member (a list of length B), so member k's
+        noise does not depend on the batch it runs in; a single generator serves the batch.
+        """
+        cond_next = cond_next.broadcast(latent.shape[0])
+        prior = self.standardise(latent)
+
+        def predict(x, t):
+            return self.predict_v(x, t, prior, cond_next.latent)
+
+        x0 = ancestral_sample(self.schedule, predict, tuple(latent.shape), generator, latent.device)
+        return self.unstandardise(x0)
+
+    # ------------------------------------------------------------------ pieces
+    def standardise(self, latent: torch.Tensor) -> torch.Tensor:
+        return (latent - self.latent_mean.view(1, -1, 1, 1)) / self._latent_std().view(1, -1, 1, 1)
+
+    def unstandardise(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self._latent_std().view(1, -1, 1, 1) + self.latent_mean.view(1, -1, 1, 1)
+
+    def _latent_std(self) -> torch.Tensor:
+        return self.latent_std.abs() + 1e-3
+
+    def predict_v(self, x_t: torch.Tensor, t: torch.Tensor, prior: torch.Tensor,
+                  cond_latent: torch.Tensor) -> torch.Tensor:
+        """Denoiser: v from the noisy standardised latent, step t, the standardised prior latent
+        and the target month's latent conditioning maps."""
+        time = self.time_embedding(t).to(x_t.dtype)[:, :, None, None].expand(-1, -1, *x_t.shape[-2:])
+        return self.denoiser(torch.cat([x_t, prior, time], dim=1), cond_latent,
+                             torch.cat([cond_latent, time], dim=1))
+
+    def area_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """Area-weighted mean over the latent grid: (..., h, w) -> (...)."""
+        return (x * self.latent_area_weights.to(x.dtype)).sum(dim=(-2, -1))
+
+    # ------------------------------------------------------------------ training objective
+    def forward(self, batch: dict[str, torch.Tensor], noise: TrainingNoise,
+                state_weights: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-sample loss terms (B,) of the joint objective; see ``training_losses``."""
+        return training_losses(self, batch, noise, state_weights)
+
+
+@dataclass
+class TrainingNoise:
+    """All randomness of one training step, drawn per sample (see ``mdiff.train``), so an
+    update does not depend on how a batch is split over processes."""
+
+    eps: torch.Tensor  # (B, C, h, w) reparametrisation noise of month t
+    eps_next: torch.Tensor  # (B, C, h, w) ... of month t + 1
+    step: torch.Tensor  # (B,) diffusion step in 1..T
+    eps_diffusion: torch.Tensor  # (B, C, h, w) diffusion noise
+
+    def to(self, device) -> TrainingNoise:
+        return TrainingNoise(self.eps.to(device), self.eps_next.to(device), self.step.to(device),
+                             self.eps_diffusion.to(device))
+
+
+def draw_training_noise(model: MonthlyDiffusion, generators: Sequence[torch.Generator]) -> TrainingNoise:
+    """One sample's worth of training noise per generator."""
+    shape = model.latent_shape
+    eps, eps_next, steps, eps_diff = [], [], [], []
+    for g in generators:
+        eps.append(torch.randn(shape, generator=g))
+        eps_next.append(torch.randn(shape, generator=g))
+        steps.append(torch.randint(1, model.config.diffusion_steps + 1, (), generator=g))
+        eps_diff.append(torch.randn(shape, generator=g))
+    return TrainingNoise(torch.stack(eps), torch.stack(eps_next), torch.stack(steps), torch.stack(eps_diff))
+
+
+def weighted_mse(pred: torch.Tensor, target: torch.Tensor, area_weights: torch.Tensor) -> torch.Tensor:
+    """Per-sample MSE (B,): mean over channels of the area-weighted mean over the sphere."""
+    return ((pred - target).square().mean(dim=1) * area_weights).sum(dim=(-2, -1))
+
+
+def latent_stats_loss(model: MonthlyDiffusion, mu: torch.Tensor) -> torch.Tensor:
+    """Per-sample (B,) pull of the latent population mean/std parameters towards each sample's
+    area-weighted channel mean/std, and of those parameters towards 0 and 1. Per sample (not
+    per batch) so that the loss of a batch is the mean over its samples, whatever its split."""
+    mean = model.area_mean(mu)  # (B, C)
+    std = (model.area_mean((mu - mean[..., None, None]).square()) + 1e-6).sqrt()
+    track = (mean - model.latent_mean).square() + (std - model.latent_std).square()
+    anchor = model.latent_mean.square() + (model.latent_std - 1).square()
+    return (track + anchor).mean(dim=1)
+
+
+def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor, model: MonthlyDiffusion) -> torch.Tensor:
+    """Per-sample KL(N(mu, sigma^2) || N(0, 1)) per latent number, area-weighted: (B,)."""
+    kl = 0.5 * (mu.square() + logvar.exp() - 1 - logvar)
+    return model.area_mean(kl).mean(dim=1)
+
+
+def training_losses(model: MonthlyDiffusion, batch: dict[str, torch.Tensor], noise: TrainingNoise,
+                    state_weights: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The joint objective, per sample (B,): reconstruction (area-weighted with
+    ``state_weights``), v-prediction, KL and latent population terms.
+
+    The denoiser is conditioned on a *sampled* prior latent z_t = mu_t + sigma_t eps and on
+    month t + 1's conditioning, and targets mu_{t+1} (stochastic prior-state conditioning).
+    """
+    b = batch["state"].shape[0]
+    cond = model.conditioning(batch["forcing"], batch["month"])
+    cond_next = model.conditioning(batch["forcing_next"], batch["month_next"])
+    # months t and t + 1 go through the CVAE together, each with its own conditioning
+    both = Conditioning.cat([cond, cond_next])
+    states = torch.cat([batch["state"], batch["state_next"]])
+    mu, logvar = model.encode(states, both)
+    z = mu + (0.5 * logvar).exp() * torch.cat([noise.eps, noise.eps_next])
+    recon = weighted_mse(model.decode(z, both), states, state_weights)
+
+    prior, target = model.standardise(z[:b]), model.standardise(mu[b:])
+    x_t = add_noise(model.schedule, target, noise.eps_diffusion, noise.step)
+    v = model.predict_v(x_t, noise.step, prior, cond_next.latent)
+    diffusion = model.area_mean((v - v_target(model.schedule, target, noise.eps_diffusion, noise.step)).square())
+
+    def pair_mean(x):  # (2B,) -> (B,): average of months t and t + 1
+        return 0.5 * (x[:b] + x[b:])
+
+    return {
+        "reconstruction": pair_mean(recon),
+        "diffusion": diffusion.mean(dim=1),
+        "kl": pair_mean(kl_to_standard_normal(mu, logvar, model)),
+        "latent_stats": pair_mean(latent_stats_loss(model, mu)),
+    }
+
+
+def build_model(config: ModelConfig, grid: LatLonGrid) -> MonthlyDiffusion:
+    return MonthlyDiffusion(config, grid)
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Number of parameters, complex weights (stored as real pairs) counted once."""
+    from mdiff.nn.spectral import SpectralConv
+
+    complex_ids = {id(p) for m in model.modules() if isinstance(m, SpectralConv) for p in m.parameters()}
+    return sum(p.numel() // 2 if id(p) in complex_ids else p.numel() for p in model.parameters())

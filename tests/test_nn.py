@@ -1,0 +1,203 @@
+"""The networks: spectral conv, transforms, diffusion pieces, the model API, METHOD.md defects 1-2."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mdiff import variables as V
+from mdiff.config import ModelConfig, load_model_file
+from mdiff.grid import LatLonGrid, make_isht, make_sht
+from mdiff.nn.diffusion import CosineSchedule, add_noise, cosine_alpha_bar, v_target, x0_from_v
+from mdiff.nn.model import (
+    Conditioning,
+    build_model,
+    draw_training_noise,
+    parameter_count,
+    training_losses,
+)
+from mdiff.nn.spectral import SpectralConv, SphereGrid, TruncatedISHT, TruncatedSHT
+
+GRID = LatLonGrid(17, 32)
+TINY = ModelConfig(latent_channels=4, squeeze=2, seasonal_basis=3, hidden_channels=8, encoder_rank=8,
+                   decoder_rank=8, denoiser_rank=8, diffusion_steps=4)
+
+
+def tiny_model(seed: int = 0):
+    torch.manual_seed(seed)
+    model = build_model(TINY, GRID)
+    model.set_statics(torch.randn(V.N_STATIC, *GRID.shape))
+    return model
+
+
+def random_batch(b: int = 2, seed: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    shape = GRID.shape
+    return {"state": torch.randn(b, V.N_STATE, *shape, generator=g),
+            "state_next": torch.randn(b, V.N_STATE, *shape, generator=g),
+            "forcing": torch.randn(b, V.N_FORCING, *shape, generator=g),
+            "forcing_next": torch.randn(b, V.N_FORCING, *shape, generator=g),
+            "month": torch.tensor([3, 12][:b]), "month_next": torch.tensor([4, 1][:b])}
+
+
+def area() -> torch.Tensor:
+    return torch.as_tensor(GRID.area_weights, dtype=torch.float32)
+
+
+# ----------------------------------------------------------------------------- spectral
+
+
+def test_truncated_transforms_match_torch_harmonics():
+    full = SphereGrid.model(GRID)
+    x = torch.randn(2, 3, *GRID.shape, dtype=torch.float64).float()
+    reference = make_sht(*GRID.shape, full.lmax, full.lmax)(x)
+    ours = TruncatedSHT(full, 5)(x)
+    assert torch.allclose(ours, reference[..., :5], atol=1e-5)
+    coeffs = reference.clone()
+    coeffs[..., 5:] = 0
+    back = make_isht(*GRID.shape, full.lmax, full.lmax)(coeffs)
+    assert torch.allclose(TruncatedISHT(full, 5)(reference[..., :5]), back, atol=1e-5)
+
+
+def test_latent_grid_weights_and_shape():
+    latent = SphereGrid.latent(LatLonGrid(121, 240), 4)
+    assert latent.shape == (30, 60) and latent.lmax == 30
+    assert abs(latent.area_weights.sum() - 1) < 1e-12
+    with pytest.raises(ValueError, match="squeeze"):
+        SphereGrid.latent(GRID, 16)
+
+
+@pytest.mark.parametrize("out_grid", ["same", "latent"])
+def test_spectral_conv_commutes_with_longitudinal_roll(out_grid):
+    torch.manual_seed(0)
+    grid = LatLonGrid(33, 64)
+    full = SphereGrid.model(grid)
+    target = full if out_grid == "same" else SphereGrid.latent(grid, 2)
+    conv = SpectralConv(3, 4, full, target, rank=6)
+    x = torch.randn(2, 3, *grid.shape)
+    shift = 8  # 8 of 64 columns: 4 columns on the 32-wide latent grid
+    ratio = grid.nlon // target.nlon
+    rolled = conv(torch.roll(x, shift, dims=-1))
+    expected = torch.roll(conv(x), shift // ratio, dims=-1)
+    assert (rolled - expected).abs().max() <= 1e-5 * max(1.0, expected.abs().max())
+
+
+def test_spectral_conv_resamples_and_counts_complex_once():
+    conv = SpectralConv(2, 3, SphereGrid.model(GRID), SphereGrid.latent(GRID, 2), rank=5)
+    assert conv(torch.randn(1, 2, *GRID.shape)).shape == (1, 3, 8, 16)
+    real_numbers = sum(p.numel() for p in conv.parameters())
+    assert conv.complex_parameter_count() * 2 == real_numbers
+
+
+# ----------------------------------------------------------------------------- diffusion
+
+
+def test_cosine_schedule_and_v_prediction_round_trip():
+    abar = cosine_alpha_bar(15)
+    assert abar[0] == 1 and (abar[1:] < abar[:-1]).all() and abar[-1] < 1e-2
+    schedule = CosineSchedule(15)
+    x0, eps = torch.randn(3, 2, 4, 8), torch.randn(3, 2, 4, 8)
+    t = torch.tensor([1, 7, 15])
+    xt = add_noise(schedule, x0, eps, t)
+    assert torch.allclose(x0_from_v(schedule, xt, v_target(schedule, x0, eps, t), t), x0, atol=1e-5)
+
+
+def test_member_noise_does_not_depend_on_batch():
+    model = tiny_model().eval()
+    batch = random_batch()
+    with torch.no_grad():
+        cond = model.conditioning(batch["forcing"][:1], batch["month"][:1])
+        mu, _ = model.encode(batch["state"][:1], cond)
+        three = model.sample_next(mu.expand(3, -1, -1, -1), cond, [torch.Generator().manual_seed(s) for s in (5, 6, 7)])
+        alone = model.sample_next(mu, cond, [torch.Generator().manual_seed(6)])
+    assert torch.allclose(three[1:2], alone, atol=1e-5)
+    assert not torch.allclose(three[0], three[1])
+    with pytest.raises(ValueError, match="one per member"):
+        model.sample_next(mu.expand(2, -1, -1, -1), cond, [torch.Generator()])
+
+
+def test_api_shapes_and_conditioning_broadcast():
+    model = tiny_model()
+    batch = random_batch()
+    cond = model.conditioning(batch["forcing"], batch["month"])
+    assert cond.full.shape == (2, model.cond_channels, *GRID.shape)
+    assert cond.latent.shape == (2, model.cond_channels, 8, 16)
+    mu, logvar = model.encode(batch["state"], cond)
+    assert mu.shape == logvar.shape == (2, *model.latent_shape)
+    one = model.conditioning(batch["forcing"][:1], batch["month"][:1])
+    out = model.decode(mu[:1].expand(4, -1, -1, -1), one)
+    assert out.shape == (4, V.N_STATE, *GRID.shape)
+    assert torch.allclose(out[0], out[3])
+    with pytest.raises(ValueError, match="broadcast"):
+        Conditioning.cat([cond, cond]).broadcast(3)
+
+
+# ----------------------------------------------------------------------------- defects
+
+
+def test_defect1_denoiser_gets_month_t_plus_1_conditioning(monkeypatch):
+    """The published code fed month t's seasonality where t + 1 belongs."""
+    model = tiny_model()
+    batch = random_batch()
+    seen = {}
+    original = model.predict_v
+
+    def spy(x_t, t, prior, cond_latent):
+        seen["cond"] = cond_latent.detach().clone()
+        return original(x_t, t, prior, cond_latent)
+
+    monkeypatch.setattr(model, "predict_v", spy)
+    noise = draw_training_noise(model, [torch.Generator().manual_seed(i) for i in range(2)])
+    training_losses(model, batch, noise, area())
+    with torch.no_grad():
+        expected = model.conditioning(batch["forcing_next"], batch["month_next"]).latent
+        wrong_month = model.conditioning(batch["forcing_next"], batch["month"]).latent
+    assert torch.allclose(seen["cond"], expected)
+    season = slice(V.N_FORCING, V.N_FORCING + TINY.seasonal_channels)
+    assert not torch.allclose(seen["cond"][:, season], wrong_month[:, season])
+
+
+def test_defect2_latent_population_parameters_are_saved_and_trained():
+    model = tiny_model()
+    state = model.state_dict()
+    assert "latent_mean" in state and "latent_std" in state
+    names = {n for n, _ in model.named_parameters()}
+    assert {"latent_mean", "latent_std"} <= names
+    noise = draw_training_noise(model, [torch.Generator().manual_seed(i) for i in range(2)])
+    terms = training_losses(model, random_batch(), noise, area())
+    sum(t.mean() for t in terms.values()).backward()
+    assert model.latent_mean.grad.abs().sum() > 0 and model.latent_std.grad.abs().sum() > 0
+    if torch.cuda.is_available():  # the published bug showed only on GPU
+        moved = tiny_model().cuda()
+        assert isinstance(moved.latent_mean, torch.nn.Parameter)
+
+
+def test_reconstruction_loss_is_area_weighted():
+    """METHOD.md defect 8: an error at the pole weighs its (tiny) area, not a full row."""
+    from mdiff.nn.model import weighted_mse
+
+    target = torch.zeros(1, 2, *GRID.shape)
+    polar, equator = target.clone(), target.clone()
+    polar[..., 0, :] = 1.0
+    equator[..., GRID.nlat // 2, :] = 1.0
+    assert weighted_mse(polar, target, area()) < 0.1 * weighted_mse(equator, target, area())
+
+
+# ----------------------------------------------------------------------------- size
+
+
+def test_md15_parameter_count_is_the_reference_size_class():
+    model_file = load_model_file("config/model/md15.yaml")
+    count = parameter_count(build_model(model_file.model, LatLonGrid(121, 240)))
+    assert abs(count - 3.4e6) <= 0.1 * 3.4e6, count
+    assert math.isclose(model_file.train.lr, 1e-3) and model_file.model.diffusion_steps == 15
+
+
+def test_params_command_prints_the_count(capsys):
+    from mdiff.cli import main
+
+    assert main(["params", "--model", "config/model/md15.yaml", "--grid", "121x240"]) == 0
+    out = capsys.readouterr().out
+    assert "3,38" in out or "3.38" in out
