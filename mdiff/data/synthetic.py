@@ -115,9 +115,9 @@ def _patterns(grid: LatLonGrid, rng: np.random.Generator, n: int) -> np.ndarray:
     lat, lon = np.meshgrid(np.deg2rad(grid.lat), np.deg2rad(grid.lon), indexing="ij")
     out = np.empty((n, *grid.shape))
     for k in range(n):
-        m, l = rng.integers(0, 6), rng.integers(1, 7)
+        m, wave = rng.integers(0, 6), rng.integers(1, 7)
         a, b = rng.uniform(0, 2 * np.pi, 2)
-        p = np.cos(lat) ** m * np.cos(m * lon + a) * np.cos(l * lat + b)
+        p = np.cos(lat) ** m * np.cos(m * lon + a) * np.cos(wave * lat + b)
         p -= grid.mean(p)
         out[k] = p / np.sqrt(grid.mean(p**2))
     return out
