@@ -28,10 +28,165 @@ def bench_world(args) -> None:
     print(f"world_seconds={seconds:.2f}")
 
 
+def bench_train(args) -> None:
+    """Joint training steps (forward + backward + AdamW + EMA) on random data at a model's size."""
+    import copy
+
+    import torch
+
+    from mdiff import variables as V
+    from mdiff.config import load_model_file
+    from mdiff.grid import LatLonGrid
+    from mdiff.nn.model import build_model, draw_training_noise, parameter_count
+    from mdiff.train import choose_device, ema_decay, sample_generator, train_step, update_ema
+
+    model_file = load_model_file(args.model)
+    tc = model_file.train
+    if args.batch_size:
+        tc.batch_size = args.batch_size
+    grid = LatLonGrid(*map(int, args.grid.split("x")))
+    device = choose_device(args.device)
+    torch.manual_seed(0)
+    model = build_model(model_file.model, grid).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    area = torch.as_tensor(grid.area_weights, dtype=torch.float32, device=device)
+    b, shape = tc.batch_size, grid.shape
+    batch = {"state": torch.randn(b, V.N_STATE, *shape), "state_next": torch.randn(b, V.N_STATE, *shape),
+             "forcing": torch.randn(b, V.N_FORCING, *shape), "forcing_next": torch.randn(b, V.N_FORCING, *shape),
+             "month": torch.arange(b) % 12 + 1, "month_next": (torch.arange(b) + 1) % 12 + 1}
+    batch = {k: v.to(device) for k, v in batch.items()}
+    print(f"{args.model}: {parameter_count(model):,} parameters, grid {grid.nlat}x{grid.nlon}, batch {b}, {device}")
+
+    def step(k):
+        noise = draw_training_noise(model, [sample_generator(0, k, i) for i in range(b)]).to(device)
+        train_step(model, model, optimizer, batch, noise, area, tc)
+        update_ema(ema, model, ema_decay(tc.ema_decay, k))
+
+    for k in range(args.warmup):
+        step(k)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for k in range(args.steps):
+        step(args.warmup + k)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - t0) / args.steps
+    print(f"{seconds:.3f} s per step of {b} samples ({args.steps} steps after {args.warmup} warm-up)")
+    print(f"samples_per_s={b / seconds:.3f}")
+
+
+def bench_rollout(args) -> None:
+    """Ensemble rollout speed at a model's size, random weights (mdiff.rollout.benchmark)."""
+    from mdiff.rollout import benchmark
+
+    benchmark(args)
+
+
+def _era5_like_year(root, nlat: int, year: int) -> dict:
+    """Raw files of one year (all groups) and the invariants at an ERA5-like native grid."""
+    import numpy as np
+    import xarray as xr
+
+    from mdiff.data import era5 as E
+
+    lat = np.linspace(90.0, -90.0, nlat).astype(np.float64)
+    lon = np.arange(2 * (nlat - 1)) * (360.0 / (2 * (nlat - 1)))
+    la, lo = np.meshgrid(np.deg2rad(lat), np.deg2rad(lon), indexing="ij")
+    wave = (np.cos(la) ** 2 + 0.1 * np.sin(3 * lo) * np.cos(la)).astype(np.float32)
+    land = (np.sin(2 * lo) * np.cos(la) > 0.6) | (la < np.deg2rad(-70))
+    files = {}
+    for group, (_dataset, channels, levels) in E.GROUPS.items():
+        months = [1] if group == E.INVARIANT else list(range(1, 13))
+        times = np.array([f"{year}-{m:02d}" for m in months], dtype="datetime64[M]").astype("datetime64[ns]")
+        coords = {"valid_time": times, "latitude": ("latitude", lat, {"units": "degrees_north"}),
+                  "longitude": ("longitude", lon, {"units": "degrees_east"})}
+        shape = (len(months), nlat, lon.size)
+        if levels:
+            coords["pressure_level"] = ("pressure_level", np.array(levels, float), {"units": "hPa"})
+            shape = (len(months), len(levels), nlat, lon.size)
+        data = {}
+        for ch in channels:
+            if ch.era5_short in data:
+                continue
+            values = np.broadcast_to(wave, shape).astype(np.float32) + np.float32(1.0)
+            if ch.name == "lsm":
+                values = np.broadcast_to(land, shape).astype(np.float32)
+            if ch.name in ("sst", "siconc"):
+                values = np.where(land, np.float32(np.nan), values * (0.5 if ch.name == "siconc" else 280.0))
+            dims = ("valid_time", "pressure_level", "latitude", "longitude") if levels else \
+                ("valid_time", "latitude", "longitude")
+            data[ch.era5_short] = (dims, values, {"units": ch.units})
+        path = root / f"{group}.nc"
+        xr.Dataset(data, coords=coords).to_netcdf(path)
+        files[group] = str(path)
+        del data
+    return files
+
+
+def bench_regrid(args) -> None:
+    """One year of all channels from an ERA5-like 0.25-degree grid to the model grid (CDO)."""
+    import tempfile
+    from pathlib import Path
+
+    from mdiff.data import era5 as E
+    from mdiff.data import regrid as R
+    from mdiff.grid import LatLonGrid
+
+    grid = LatLonGrid(*map(int, args.grid.split("x")))
+    with tempfile.TemporaryDirectory(dir=args.tmpdir) as tmp:
+        root = Path(tmp)
+        t0 = time.perf_counter()
+        files = _era5_like_year(root, args.native_nlat, 1979)
+        size = sum(Path(f).stat().st_size for f in files.values()) / 1e9
+        print(f"synthetic ERA5-like year at {args.native_nlat}x{2 * (args.native_nlat - 1)}: {size:.2f} GB "
+              f"written in {time.perf_counter() - t0:.1f} s")
+        weights = {norm: str(root / f"w_{norm}.nc") for norm in ("fracarea", "destarea")}
+        t0 = time.perf_counter()
+        for norm, path in weights.items():
+            R.make_weights(files[E.INVARIANT], grid, path, norm)
+        t_weights = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        R.prepare_statics([files[E.INVARIANT]], grid, weights, root / "statics.nc")
+        t_statics = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        R.prepare_state_year([files[g] for g in E.YEARLY_GROUPS], "1979-01", "1979-12", grid, weights,
+                             root / "statics.nc", root / "1979.nc")
+        seconds = time.perf_counter() - t0
+    print(f"weights (gencon, 2 normalisations): {t_weights:.1f} s; statics: {t_statics:.1f} s")
+    print(f"one year, {len(E.GROUPS) - 1} raw files, 39 channels x 12 months -> {grid.nlat}x{grid.nlon}: "
+          f"{seconds:.1f} s (checks, CDO remap, harmonisation, masks, prepared write)")
+    print(f"regrid_year_seconds={seconds:.2f}")
+
+
 # name -> (function, help, extra arguments)
 BENCHMARKS: dict[str, tuple] = {
     "world": (bench_world, "time 46.25 years of the synthetic world at 1.5 deg",
               [(("--grid",), {"default": "121x240", "help": "NLATxNLON"})]),
+    "train": (bench_train, "joint training throughput (samples/s) on random data",
+              [(("--model",), {"default": "config/model/md15.yaml", "help": "model config YAML"}),
+               (("--grid",), {"default": "121x240", "help": "NLATxNLON"}),
+               (("--batch-size",), {"type": int, "help": "override train.batch_size"}),
+               (("--steps",), {"type": int, "default": 5, "help": "timed steps"}),
+               (("--warmup",), {"type": int, "default": 1, "help": "untimed steps first"}),
+               (("--device",), {"default": "auto", "help": "auto|cpu|cuda"})]),
+    "regrid": (bench_regrid, "one year of all channels from 0.25 deg (721x1440) to the model grid with CDO",
+               [(("--grid",), {"default": "121x240", "help": "model grid NLATxNLON"}),
+                (("--native-nlat",), {"type": int, "default": 721, "help": "native rows (721: 0.25 deg)"}),
+                (("--tmpdir",), {"default": None, "help": "where the ~2 GB of raw files go"})]),
+    "rollout": (bench_rollout, "ensemble rollout speed (ms per member-month) with random weights",
+                [(("--model", "--config"), {"dest": "model", "default": "config/model/md15.yaml",
+                                            "help": "model config YAML"}),
+                 (("--members",), {"type": int, "default": 5, "help": "members stepped together"}),
+                 (("--months",), {"type": int, "default": 6, "help": "months stepped (after 1 warm-up)"}),
+                 (("--grid",), {"default": "121x240", "help": "NLATxNLON"}),
+                 (("--device",), {"default": "auto", "help": "auto|cpu|cuda"}),
+                 (("--bf16",), {"action": "store_true", "help": "bf16 autocast (GPU)"}),
+                 (("--compile",), {"action": "store_true", "help": "torch.compile (GPU)"}),
+                 (("--threads",), {"type": int, "default": 0, "help": "torch threads (0: default)"}),
+                 (("--reference",), {"action": "store_true",
+                                     "help": "step with the model's own API instead of the fast path"})]),
 }
 
 

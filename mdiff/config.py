@@ -130,13 +130,17 @@ class Era5Config:
 
 @dataclass
 class RolloutConfig:
+    """Ensemble rollouts (mdiff rollout): run_start..run_end of periods, per experiment and
+    member batch (consecutive blocks of member_batch members, 1-based)."""
+
     experiments: list[str] = field(default_factory=lambda: list(EXPERIMENTS))
     members: int = 5
     member_batch: int = 5  # members stepped together in one job
     seed: int = 20250101  # base seed; member k uses a generator seeded from (seed, k)
-    device: str = "auto"  # auto | cpu | cuda
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = False  # bf16 autocast on GPU (SHTs stay fp32)
     compile: bool = False  # torch.compile the denoiser/decoder on GPU
+    resume_every: int = 12  # months between resume states ({output}.resume.pt)
 
     def __post_init__(self) -> None:
         bad = [e for e in self.experiments if e not in EXPERIMENTS]
@@ -144,6 +148,10 @@ class RolloutConfig:
             raise ConfigError(f"rollout.experiments: unknown {bad}; expected some of {list(EXPERIMENTS)}")
         if self.members < 1 or self.member_batch < 1:
             raise ConfigError("rollout.members and rollout.member_batch must be >= 1")
+        if self.resume_every < 1:
+            raise ConfigError("rollout.resume_every must be >= 1 (months between resume states)")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"rollout.seed = {self.seed}; expected 0 <= seed < 2**63")
 
 
 @dataclass
