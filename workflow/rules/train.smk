@@ -9,7 +9,7 @@ MODEL_CARD = f"{MODEL_DIR}/model_card.md"
 rule train:
     """Train on periods.train, select on periods.validate; the EMA model is the checkpoint."""
     input:
-        state=PREPARED_STATE,
+        state=state_files(CFG.periods.train, CFG.periods.validate),
         statics=PREPARED_STATICS,
         stats=NORMALIZATION,
         model=CFG.model,
