@@ -44,7 +44,7 @@ def test_statistics_ignore_data_after_2014(tiny_world, tmp_path):
 
 def test_statistics_are_area_weighted_and_normalise(tiny_world):
     stats = Normalizer.from_json(tiny_world.stats)
-    ds = xr.open_mfdataset(tiny_world.state_files, data_vars="minimal").sel(time=slice("1979", "2014")).load()
+    ds = xr.open_mfdataset(tiny_world.state_files, data_vars="minimal", coords="minimal", compat="override").sel(time=slice("1979", "2014")).load()
     from mdiff import variables as V
 
     x = P.dataset_to_channels(ds, V.STATE)

@@ -22,7 +22,7 @@ def test_world_is_deterministic_for_a_seed(tmp_path):
 
 
 def test_physical_ranges(tiny_world):
-    ds = xr.open_mfdataset(tiny_world.state_files, data_vars="minimal").load()
+    ds = xr.open_mfdataset(tiny_world.state_files, data_vars="minimal", coords="minimal", compat="override").load()
     assert ds.sizes["time"] == 555
     ice = ds.siconc.values[np.isfinite(ds.siconc.values)]
     assert ice.min() >= 0 and ice.max() <= 1 and ice.max() > 0.5  # some real sea ice
@@ -63,8 +63,8 @@ def test_planted_response_recovered_from_two_runs(tmp_path):
     write_world(grid, "1978-10", "1984-12", 11, 1, 0.0, tmp_path / "ctl", tmp_path / "truth", progress=False)
     write_world(grid, "1978-10", "1984-12", 11, 1, 2.0, tmp_path / "warm", None, progress=False)
     files = lambda run: sorted((tmp_path / run / "state").glob("*.nc"))  # noqa: E731
-    ctl = xr.open_mfdataset(files("ctl"), data_vars="minimal").sel(time=slice("1979", None)).mean("time")
-    warm = xr.open_mfdataset(files("warm"), data_vars="minimal").sel(time=slice("1979", None)).mean("time")
+    ctl = xr.open_mfdataset(files("ctl"), data_vars="minimal", coords="minimal", compat="override").sel(time=slice("1979", None)).mean("time")
+    warm = xr.open_mfdataset(files("warm"), data_vars="minimal", coords="minimal", compat="override").sel(time=slice("1979", None)).mean("time")
     truth = xr.open_dataset(tmp_path / "truth" / "response.nc").sel(experiment="aimip-p2k")
     for var in ("tas", "ta", "psl", "pr", "hus", "z500"):
         diff = (warm[var] - ctl[var]).values
@@ -81,7 +81,7 @@ def test_planted_response_recovered_from_two_runs(tmp_path):
 
 def test_realizations_share_forcing_but_not_weather(tiny_world):
     r1 = xr.open_dataset(tiny_world.truth / "realizations" / "r1.nc")
-    r0 = xr.open_mfdataset(tiny_world.state_files, data_vars="minimal").load()
+    r0 = xr.open_mfdataset(tiny_world.state_files, data_vars="minimal", coords="minimal", compat="override").load()
     assert r1.sizes["time"] == r0.sizes["time"]
     assert not np.allclose(r0.psl.values, r1.psl.values)
     # forced signal (SST-driven) is common: time series of the global mean tas correlate
