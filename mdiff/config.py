@@ -138,7 +138,7 @@ class RolloutConfig:
     member_batch: int = 5  # members stepped together in one job
     seed: int = 20250101  # base seed; member k uses a generator seeded from (seed, k)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    bf16: bool = False  # bf16 autocast on GPU (SHTs stay fp32)
+    bf16: bool = False  # bf16 autocast on GPU; on CPUs with native bf16, the pointwise matmuls (SHTs stay fp32)
     compile: bool = False  # torch.compile the denoiser/decoder on GPU
     resume_every: int = 12  # months between resume states ({output}.resume.pt)
 
@@ -261,15 +261,21 @@ class ModelConfig:
     seasonal_channels: int = 3  # conditioning maps from the month of year
     seasonal_basis: int = 12  # learned spatial basis maps the month MLP weights
     embed_channels: int = 4  # learned embedding maps concatenated to each block's input
-    hidden_channels: int = 80  # width of each block after its spectral convolution
+    hidden_channels: int = 80  # width of each block after its spectral convolution (the encoder's)
+    # the decoder's / denoiser's widths (None: hidden_channels); they run per member in a rollout,
+    # the denoiser 15 times a month and the decoder at full resolution, so they set its speed
+    decoder_hidden_channels: int | None = None
+    denoiser_hidden_channels: int | None = None
     encoder_rank: int = 64
     decoder_rank: int = 256
     denoiser_rank: int = 128
     mlp_ratio: float = 2.0
+    decoder_mlp_ratio: float | None = None  # None: mlp_ratio (the decoder's MLP runs at full resolution)
     time_embed_channels: int = 5
     diffusion_steps: int = 15
     cosine_s: float = 0.008
     lmax: int | None = None  # model-grid truncation; None: the grid's resolvable truncation
+    latent_lmax: int | None = None  # latent-grid truncation; None: the latent grid's exact one
 
     def __post_init__(self) -> None:
         for name in ("latent_channels", "squeeze", "seasonal_channels", "seasonal_basis",
@@ -279,6 +285,11 @@ class ModelConfig:
                 raise ConfigError(f"model.{name} = {getattr(self, name)}; expected >= 1")
         if self.embed_channels < 0 or self.mlp_ratio <= 0:
             raise ConfigError("model.embed_channels must be >= 0 and model.mlp_ratio > 0")
+        for name in ("decoder_hidden_channels", "denoiser_hidden_channels", "latent_lmax"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"model.{name} = {getattr(self, name)}; expected >= 1 or null")
+        if self.decoder_mlp_ratio is not None and self.decoder_mlp_ratio <= 0:
+            raise ConfigError(f"model.decoder_mlp_ratio = {self.decoder_mlp_ratio}; expected > 0 or null")
 
 
 @dataclass

@@ -588,7 +588,7 @@ def main(args) -> None:
     state0 = normalizer.normalize(initial_state(args.initial_state, grid, months[0]), V.STATE_NAMES)
     job = RolloutJob(args.experiment, members, cfg.rollout.seed, months, grid, file_sha256(args.checkpoint),
                      cfg.rollout.resume_every)
-    kernels = inference_kernels(model, device, compile=cfg.rollout.compile)
+    kernels = inference_kernels(model, device, compile=cfg.rollout.compile, bf16=cfg.rollout.bf16)
     # Slurm ends jobs with SIGTERM: leave cleanly so the partial file stays readable for a resume.
     signal.signal(signal.SIGTERM, _terminate)
     out = run_rollout(job, kernels, normalizer, forcing, state0, args.output, device, cfg.rollout.bf16,
@@ -600,9 +600,15 @@ def _terminate(signum, frame):
     raise SystemExit(f"terminated by signal {signum}; rerun to resume from the last resume state")
 
 
-def inference_kernels(model, device: torch.device, compile: bool = False) -> FastKernels:
-    """The kernels a rollout steps with: the fast inference form of ``model``."""
-    kernels = FastKernels(model)
+def inference_kernels(model, device: torch.device, compile: bool = False, bf16: bool = False) -> FastKernels:
+    """The kernels a rollout steps with: the fast inference form of ``model``. ``bf16`` on a
+    CPU: the real pointwise matmuls (MLPs, output convs) in bf16 where the CPU has native
+    bf16 matmuls (avx512_bf16/AMX); on a GPU the stepper's autocast does it instead."""
+    cpu_bf16 = bf16 and device.type == "cpu"
+    if cpu_bf16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        log.info("rollout.bf16: this CPU has no native bf16 matmul; running in fp32")
+        cpu_bf16 = False
+    kernels = FastKernels(model, bf16=cpu_bf16)
     if compile and device.type == "cuda":
         # the real-valued tail of each block (FiLM norms, MLP, output): the spectral parts
         # are complex matmuls and FFTs that the compiler would hand back to eager anyway
@@ -627,7 +633,10 @@ def inference_kernels(model, device: torch.device, compile: bool = False) -> Fas
 
 class _FastSpectral:
     """Inference form of a ``SpectralConv``: ``analyse`` maps input channels to the mixed
-    pattern domain g (R, M, B, O), linear, so parts add; ``synthesise`` maps g to the grid."""
+    pattern domain g (R, M, B, O), linear, so parts add; ``spectral`` maps g to the output's
+    Fourier coefficients y (M, X, B, O), also linear, and ``to_grid`` y to the grid. Parts
+    that are fixed for a month or a diffusion step are best added in y: it is R/X times
+    smaller than g."""
 
     def __init__(self, conv):
         with torch.no_grad():
@@ -635,7 +644,7 @@ class _FastSpectral:
             self.nlon = conv.isht.nlon
             weights = conv.sht.weights.to(torch.complex64)  # (M, L_in, K_in)
             v = conv._dense(conv.analysis, conv.l_in, conv.m_in, conv.lmax_in)  # (R, L_in, M)
-            self.analysis = torch.einsum("mlk,rlm->mkr", weights, v).contiguous()  # (M, K_in, R)
+            self.analysis = torch.einsum("mlk,rlm->mrk", weights, v).contiguous()  # (M, R, K_in)
             mix = torch.view_as_complex(conv.mixing.float().contiguous())  # (R, O, I)
             self.mixing = mix.transpose(1, 2).contiguous()  # (R, I, O)
             u = conv._dense(conv.synthesis, conv.l_out, conv.m_out, conv.lmax_out)  # (R, L_out, M)
@@ -645,34 +654,47 @@ class _FastSpectral:
             # (latent grids); onto a fine grid (the decoder) keep it a separate real product.
             self.fused = self.R * k_out <= self.R * l_out + l_out * k_out // 2
             if self.fused:
-                self.synthesis = torch.einsum("rlm,mkl->mrk", u, pct.to(torch.complex64)).contiguous()
+                self.synthesis = torch.einsum("rlm,mkl->mkr", u, pct.to(torch.complex64)).contiguous()
             else:
-                self.synthesis = u.permute(2, 0, 1).contiguous()  # (M, R, L_out)
-                self.legendre = pct.transpose(1, 2).contiguous()  # (M, L_out, K_out)
+                self.synthesis = u.permute(2, 1, 0).contiguous()  # (M, L_out, R)
+                self.legendre = pct.contiguous()  # (M, K_out, L_out)
 
     def analyse(self, x: torch.Tensor, first: int) -> torch.Tensor:
         """Input channels first..first+I-1 given as ``x`` (B, I, K, W) -> g (R, M, B, O)."""
         b, i, k, _ = x.shape
         m, r = self.M, self.R
         f = torch.fft.rfft(x.float(), dim=-1, norm="forward")[..., :m]  # (B, I, K, M)
-        f = f.permute(3, 0, 1, 2).reshape(m, b * i, k)
-        h = torch.bmm(f, self.analysis)  # (M, B*I, R)
-        h = h.view(m, b, i, r).permute(3, 0, 1, 2).reshape(r, m * b, i)
+        f = f.permute(3, 2, 0, 1).reshape(m, k, b * i)
+        h = torch.bmm(self.analysis, f)  # (M, R, B*I)
+        # (R, M*B, I): a copy in contiguous runs of B*I numbers, not a full transpose
+        h = h.transpose(0, 1).reshape(r, m * b, i)
         g = torch.bmm(h, self.mixing[:, first: first + i])  # (R, M*B, O)
         return g.view(r, m, b, self.O)
 
-    def synthesise(self, g: torch.Tensor) -> torch.Tensor:
-        """g (R, M, B, O) -> (B, O, K_out, nlon), real."""
+    def spectral(self, g: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+        """g (R, M, B, O) -> y (M, X, B, O) (X: output rows if fused, else degrees) [+ ``add``,
+        anything that broadcasts to y, folded into the matmul]."""
         r, m, b, o = g.shape
-        y = torch.bmm(g.permute(1, 2, 3, 0).reshape(m, b * o, r), self.synthesis)  # (M, B*O, K or L)
-        if self.fused:
-            y = y.view(m, b, o, -1).permute(1, 2, 3, 0)  # (B, O, K, M)
-        else:  # real Legendre synthesis of the real and imaginary parts together
-            parts = torch.view_as_real(y).transpose(-1, -2).reshape(m, b * o * 2, -1)  # (M, B*O*2, L)
-            y = torch.bmm(parts, self.legendre).view(m, b, o, 2, -1)  # (M, B, O, 2, K)
-            y = torch.view_as_complex(y.permute(1, 2, 4, 0, 3).contiguous())  # (B, O, K, M)
+        g = g.transpose(0, 1).reshape(m, r, b * o)  # contiguous runs of B*O numbers
+        if add is None:
+            y = torch.bmm(self.synthesis, g)
+        else:
+            y = torch.baddbmm(add.expand(m, -1, b, o).reshape(m, -1, b * o), self.synthesis, g)
+        return y.view(m, -1, b, o)
+
+    def to_grid(self, y: torch.Tensor) -> torch.Tensor:
+        """y (M, X, B, O) -> (B, O, K_out, nlon), real."""
+        m, x, b, o = y.shape
+        if not self.fused:  # real Legendre synthesis of the real and imaginary parts together
+            parts = torch.view_as_real(y).reshape(m, x, b * o * 2)
+            y = torch.view_as_complex(torch.bmm(self.legendre, parts).view(m, -1, b, o, 2))
+        y = y.permute(2, 3, 1, 0).contiguous()  # (B, O, K, M)
         y[..., 0].imag.zero_()  # m = 0 is real
         return torch.fft.irfft(y, n=self.nlon, dim=-1, norm="forward")
+
+    def synthesise(self, g: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+        """g (R, M, B, O) -> (B, O, K_out, nlon), real."""
+        return self.to_grid(self.spectral(g, add))
 
 
 def _matrix(conv) -> tuple[torch.Tensor, torch.Tensor]:
@@ -681,22 +703,23 @@ def _matrix(conv) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _pointwise(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """1x1 conv of x (B, I, N) as one batched matmul with the bias folded in."""
-    b = x.shape[0]
-    return torch.baddbmm(bias.expand(b, -1, x.shape[-1]), weight.expand(b, -1, -1), x)
+    """1x1 conv of x (B, I, N): a matmul, then the bias in place (baddbmm would first
+    materialise the broadcast bias, a full extra pass over the output)."""
+    return torch.matmul(weight, x).add_(bias)
 
 
 class _FastBlock:
     """Inference form of a ``SphereBlock`` whose member inputs are its first channels."""
 
-    def __init__(self, block):
+    def __init__(self, block, bf16: bool = False):
         self.spectral = _FastSpectral(block.spectral)
+        self.dtype = torch.bfloat16 if bf16 else torch.float32
         self.embedding = block.embedding.detach()[None]  # (1, E, H_in, W_in)
         self.norms = [(block.norm1.eps, *_matrix(block.norm1.modulation)),
                       (block.norm2.eps, *_matrix(block.norm2.modulation))]
-        self.area = block.norm1.area_weights.flatten()  # (N_out,)
-        self.inner, self.outer = _matrix(block.mlp.inner), _matrix(block.mlp.outer)
-        self.output = _matrix(block.output)
+        self.sqrt_area = block.norm1.area_weights.flatten().sqrt()  # (N_out,)
+        self.inner, self.outer, self.output = (
+            tuple(t.to(self.dtype) for t in _matrix(conv)) for conv in (block.mlp.inner, block.mlp.outer, block.output))
 
     def modulations(self, cond_out: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(1 + scale, shift) of both norms, each (1, C, N), from cond_out (1, K, H, W)."""
@@ -711,42 +734,53 @@ class _FastBlock:
         """g of the conditioning and embedding channels (which follow the others): (R, M, 1, O)."""
         return self.spectral.analyse(torch.cat([cond_in.float(), self.embedding], dim=1), first)
 
-    def finish(self, g: torch.Tensor, modulations) -> torch.Tensor:
-        """The block after the spectral mixing: g (R, M, B, O) -> output (B, C_out, H, W)."""
-        h = self.spectral.synthesise(g)
+    def finish(self, y: torch.Tensor, modulations) -> torch.Tensor:
+        """The block after the spectral synthesis: y (M, X, B, O) -> output (B, C_out, H, W)."""
+        h = self.spectral.to_grid(y)
         shape = h.shape[-2:]
         h = F.gelu(h.flatten(2))
         h = self._norm(h, 0, modulations[0])
-        h = h.add_(_pointwise(*self.outer, F.gelu(_pointwise(*self.inner, h))))
-        h = self._norm(h, 1, modulations[1])
-        return _pointwise(*self.output, h).unflatten(2, shape)
+        x = h.to(self.dtype)
+        h = h.add_(_pointwise(*self.outer, F.gelu(_pointwise(*self.inner, x))))
+        h = self._norm(h, 1, modulations[1]).to(self.dtype)
+        return _pointwise(*self.output, h).float().unflatten(2, shape)
 
     def _norm(self, h: torch.Tensor, which: int, modulation) -> torch.Tensor:
         eps = self.norms[which][0]
-        mean_square = torch.linalg.vector_norm(h, dim=1).square_() @ self.area / h.shape[1]  # (B,)
+        # one contiguous reduction per sample (a norm over dim 1 alone is a slow strided one)
+        mean_square = torch.linalg.vector_norm(h * self.sqrt_area, dim=(1, 2)).square_() / h.shape[1]  # (B,)
         scale, shift = modulation
         return h.mul_(torch.rsqrt(mean_square + eps)[:, None, None]).mul_(scale).add_(shift)
 
 
+# Members go through the fast kernels in chunks of at most this many: the per-member work
+# is the same, but a chunk's full-resolution tensors (48 x 121x240 floats = 5.6 MB a member)
+# stay closer to the caches; 50 members at once ran ~1.5x slower per member than 5.
+MEMBER_CHUNK = 8
+
+
 class FastKernels:
     """Rollout kernels with the arithmetic of ``MonthlyDiffusion`` arranged for inference
-    (see above); conditioning and encoding are the model's own."""
+    (see above); conditioning and encoding are the model's own. ``bf16``: the real pointwise
+    matmuls in bf16 (not the same arithmetic: ~1e-2 relative differences), spectral parts fp32."""
 
-    def __init__(self, model):
+    def __init__(self, model, bf16: bool = False):
         from mdiff.nn.diffusion import ancestral_sample
 
         self.model, self._ancestral_sample = model, ancestral_sample
         self.c = model.config.latent_channels
         self.steps = model.config.diffusion_steps
         with torch.no_grad():
-            self.denoiser = _FastBlock(model.denoiser)
-            self.decoder = _FastBlock(model.decoder)
+            self.denoiser = _FastBlock(model.denoiser, bf16)
+            self.decoder = _FastBlock(model.decoder, bf16)
             h, w = model.latent_grid.shape
             t = torch.arange(self.steps + 1, device=model.latent_mean.device)
             # time maps (1, T, h, w) per diffusion step, and their spectral part (after x_t, prior)
             emb = model.time_embedding(t).float()
             self.time_maps = [emb[s][None, :, None, None].expand(1, -1, h, w) for s in range(self.steps + 1)]
-            self.time_g = [self.denoiser.spectral.analyse(m, 2 * self.c) for m in self.time_maps]
+            # ... carried through the synthesis: y (M, K, 1, O), added per step (see sample_next)
+            spec = self.denoiser.spectral
+            self.time_y = [spec.spectral(spec.analyse(m, 2 * self.c)) for m in self.time_maps]
 
     def conditioning(self, forcing, month):
         return self.model.conditioning(forcing, month)
@@ -755,24 +789,34 @@ class FastKernels:
         return self.model.encode(state, cond)
 
     def decode(self, latent: torch.Tensor, cond) -> torch.Tensor:
-        dec = self.decoder
-        g = dec.spectral.analyse(latent, 0) + dec.shared(cond.latent, self.c)
-        return dec.finish(g, dec.modulations(cond.full))
+        dec, spec = self.decoder, self.decoder.spectral
+        shared_y, modulations = spec.spectral(dec.shared(cond.latent, self.c)), dec.modulations(cond.full)
+        return torch.cat([dec.finish(spec.spectral(spec.analyse(part, 0), add=shared_y), modulations)
+                          for part in latent.split(MEMBER_CHUNK)])
 
     def sample_next(self, latent: torch.Tensor, cond, generators) -> torch.Tensor:
-        model, den, c = self.model, self.denoiser, self.c
-        prior = model.standardise(latent)
-        # per month: the prior's part (per member), conditioning + embedding (batch 1)
-        month_g = den.spectral.analyse(prior, c) + den.shared(cond.latent, 2 * c + self.time_maps[0].shape[1])
-        cache: dict[int, tuple] = {}
+        den, c = self.denoiser, self.c
+        # per month at batch 1: the conditioning + embedding part (synthesised, so a step adds
+        # it to its output coefficients, not to its g) and the FiLM modulations of every step
+        spec = den.spectral
+        shared_y = spec.spectral(den.shared(cond.latent, 2 * c + self.time_maps[0].shape[1]))
+        steps = {s: (shared_y + self.time_y[s],
+                     den.modulations(torch.cat([cond.latent.float(), self.time_maps[s]], dim=1)))
+                 for s in range(1, self.steps + 1)}
+        if isinstance(generators, torch.Generator):  # one generator for the batch: one chunk
+            return self._sample_chunk(latent, steps, generators)
+        parts = [self._sample_chunk(part, steps, generators[i: i + part.shape[0]])
+                 for i, part in zip(range(0, latent.shape[0], MEMBER_CHUNK), latent.split(MEMBER_CHUNK), strict=True)]
+        return torch.cat(parts)
+
+    def _sample_chunk(self, latent: torch.Tensor, steps: dict, generators) -> torch.Tensor:
+        model, den, spec = self.model, self.denoiser, self.denoiser.spectral
+        # per month and member: the prior latent's part
+        month_y = spec.spectral(spec.analyse(model.standardise(latent), self.c))
 
         def predict_v(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            step = int(t[0])
-            if step not in cache:
-                cond_out = torch.cat([cond.latent.float(), self.time_maps[step]], dim=1)
-                cache[step] = (month_g + self.time_g[step], den.modulations(cond_out))
-            g_fixed, modulations = cache.pop(step)
-            return den.finish(den.spectral.analyse(x_t, 0) + g_fixed, modulations)
+            y_step, modulations = steps[int(t[0])]
+            return den.finish(spec.spectral(spec.analyse(x_t, 0), add=month_y + y_step), modulations)
 
         x0 = self._ancestral_sample(model.schedule, predict_v, tuple(latent.shape), generators, latent.device)
         return model.unstandardise(x0)
@@ -806,7 +850,7 @@ def benchmark(args) -> None:
     state0 = rng.standard_normal((V.N_STATE, *grid.shape), dtype=np.float32)
     members = list(range(1, args.members + 1))
     job = RolloutJob("aimip", members, 0, months, grid, "0" * 64, resume_every=10**6)
-    kernels = model if args.reference else inference_kernels(model, device, compile=args.compile)
+    kernels = model if args.reference else inference_kernels(model, device, compile=args.compile, bf16=args.bf16)
     stamps: list[float] = []
 
     def on_month(index: int) -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
 from mdiff import variables as V
-from mdiff.config import ModelConfig, load_model_file
+from mdiff.config import ConfigError, ModelConfig, load_model_file
 from mdiff.grid import LatLonGrid, make_isht, make_sht
 from mdiff.nn.diffusion import CosineSchedule, add_noise, cosine_alpha_bar, v_target, x0_from_v
 from mdiff.nn.model import (
@@ -200,4 +201,17 @@ def test_params_command_prints_the_count(capsys):
 
     assert main(["params", "--model", "config/model/md15.yaml", "--grid", "121x240"]) == 0
     out = capsys.readouterr().out
-    assert "3,38" in out or "3.38" in out
+    assert "3,225,082 parameters" in out and "(3.23 M" in out
+
+
+def test_per_block_widths_and_latent_truncation():
+    """decoder/denoiser widths, the decoder's MLP ratio and latent_lmax reach their blocks."""
+    config = dataclasses.replace(TINY, decoder_hidden_channels=6, denoiser_hidden_channels=5,
+                                 decoder_mlp_ratio=1.0, latent_lmax=3)
+    model = build_model(config, GRID)
+    assert model.encoder.spectral.out_channels == TINY.hidden_channels
+    assert model.decoder.spectral.out_channels == 6 and model.decoder.mlp.inner.out_channels == 6
+    assert model.denoiser.spectral.out_channels == 5 and model.denoiser.mlp.inner.out_channels == 10
+    assert model.latent_grid.lmax == 3 and model.denoiser.spectral.mmax == 3
+    with pytest.raises(ConfigError, match="decoder_hidden_channels"):
+        dataclasses.replace(TINY, decoder_hidden_channels=0)

@@ -228,8 +228,12 @@ def test_full_rollout_stays_finite_and_physical(setup, tmp_path):
         assert np.isfinite(x).all() and x.min() >= lo and x.max() <= hi, ch.variable
 
 
-def test_fast_kernels_match_the_model(setup):
-    """The inference form computes what MonthlyDiffusion computes (same noise, same result)."""
+def test_fast_kernels_match_the_model(setup, monkeypatch):
+    """The inference form computes what MonthlyDiffusion computes (same noise, same result),
+    also when it splits the members into chunks (here 2 + 1)."""
+    import mdiff.rollout
+
+    monkeypatch.setattr(mdiff.rollout, "MEMBER_CHUNK", 2)
     model = setup["model"]
     fast = FastKernels(model)
     with torch.inference_mode():
@@ -240,6 +244,23 @@ def test_fast_kernels_match_the_model(setup):
         ref = model.sample_next(latent, cond, member_generators(9, [1, 2, 3]))
         got = fast.sample_next(latent, cond, member_generators(9, [1, 2, 3]))
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_fast_kernels_bf16_pointwise_stay_close(setup):
+    """rollout.bf16 on a CPU: only the real pointwise matmuls run in bf16, so decoded states
+    and sampled latents stay within bf16's ~3 significant digits of the fp32 fast path."""
+    model = setup["model"]
+    fast, half = FastKernels(model), FastKernels(model, bf16=True)
+    assert half.decoder.inner[0].dtype == torch.bfloat16 and fast.decoder.inner[0].dtype == torch.float32
+    with torch.inference_mode():
+        cond = model.conditioning(torch.from_numpy(setup["forcing"][5:6]), torch.tensor([3]))
+        latent = torch.randn(2, *model.latent_shape, generator=torch.Generator().manual_seed(1))
+        ref, got = fast.decode(latent, cond), half.decode(latent, cond)
+        assert got.dtype == torch.float32 and not torch.equal(got, ref)
+        assert (got - ref).abs().max() <= 2e-2 * ref.abs().max()
+        ref = fast.sample_next(latent, cond, member_generators(9, [1, 2]))
+        got = half.sample_next(latent, cond, member_generators(9, [1, 2]))
+        assert (got - ref).abs().max() <= 2e-2 * ref.abs().max()
 
 
 def test_command_line_rollout_from_a_checkpoint(setup, tiny_world, tmp_path):

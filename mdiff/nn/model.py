@@ -80,15 +80,19 @@ class MonthlyDiffusion(nn.Module):
         super().__init__()
         self.config, self.grid = config, grid
         full = SphereGrid.model(grid, config.lmax)
-        latent = SphereGrid.latent(grid, config.squeeze)
+        latent = SphereGrid.latent(grid, config.squeeze, config.latent_lmax)
         self.full_grid, self.latent_grid = full, latent
         c, k, t = config.latent_channels, self.cond_channels, config.time_embed_channels
-        common = dict(hidden=config.hidden_channels, embed_channels=config.embed_channels,
-                      mlp_ratio=config.mlp_ratio)
+        e, ratio = config.embed_channels, config.mlp_ratio
         self.seasonality = SeasonalityEmbedding(config.seasonal_channels, config.seasonal_basis, full.shape)
-        self.encoder = SphereBlock(V.N_STATE, 2 * c, k, k, full, latent, rank=config.encoder_rank, **common)
-        self.decoder = SphereBlock(c, V.N_STATE, k, k, latent, full, rank=config.decoder_rank, **common)
-        self.denoiser = SphereBlock(2 * c + t, c, k, k + t, latent, latent, rank=config.denoiser_rank, **common)
+        self.encoder = SphereBlock(V.N_STATE, 2 * c, k, k, full, latent, rank=config.encoder_rank,
+                                   hidden=config.hidden_channels, embed_channels=e, mlp_ratio=ratio)
+        self.decoder = SphereBlock(c, V.N_STATE, k, k, latent, full, rank=config.decoder_rank,
+                                   hidden=config.decoder_hidden_channels or config.hidden_channels,
+                                   embed_channels=e, mlp_ratio=config.decoder_mlp_ratio or ratio)
+        self.denoiser = SphereBlock(2 * c + t, c, k, k + t, latent, latent, rank=config.denoiser_rank,
+                                    hidden=config.denoiser_hidden_channels or config.hidden_channels,
+                                    embed_channels=e, mlp_ratio=ratio)
         self.time_embedding = TimeEmbedding(t, config.diffusion_steps)
         self.schedule = CosineSchedule(config.diffusion_steps, config.cosine_s)
         # Latent population mean/std: real parameters, trained and saved (METHOD.md defect 2).

@@ -44,13 +44,16 @@ class SphereGrid:
         return cls(grid.nlat, grid.nlon, "equiangular", min(lmax or limit, limit))
 
     @classmethod
-    def latent(cls, grid: LatLonGrid, squeeze: int) -> SphereGrid:
+    def latent(cls, grid: LatLonGrid, squeeze: int, lmax: int | None = None) -> SphereGrid:
+        """The latent grid of ``squeeze``; ``lmax`` truncates its modes further (None: the
+        grid's exact truncation)."""
         nlat, nlon = grid.coarsened(squeeze)
         if nlat < 2 or nlon < 4:
             raise ValueError(f"squeeze {squeeze} leaves a {nlat}x{nlon} latent grid for the "
                              f"{grid.nlat}x{grid.nlon} grid; expected at least 2x4")
         # Gauss-Legendre rows fit any nlat (no poles needed) and integrate exactly to 2 nlat - 1.
-        return cls(nlat, nlon, "legendre-gauss", min(nlat, nlon // 2 + 1))
+        limit = min(nlat, nlon // 2 + 1)
+        return cls(nlat, nlon, "legendre-gauss", min(lmax or limit, limit))
 
     @property
     def shape(self) -> tuple[int, int]:
