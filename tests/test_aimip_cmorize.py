@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -170,7 +171,8 @@ def test_cmor_values_equal_rollout(tree):
 def test_validation_passes_with_all_checkers(tree):
     cfg, tmp, _, root = tree
     out = tmp / "validation"
-    proc, report = _validate(cfg, root, out)
+    # a relative root, as the workflow passes it (PrePARE itself reports absolute paths)
+    proc, report = _validate(cfg, Path(os.path.relpath(root)), out)
     assert proc.returncode == 0, proc.stderr
     assert report["passed"] and report["errors"] == []
     assert report["files"] == report["expected_files"] == 26

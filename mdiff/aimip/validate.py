@@ -308,7 +308,7 @@ def validate(cfg: Config, root: str | Path, prepare_python: str, cfchecks: str |
              compliance: str | None = None, jobs: int = 2) -> dict:
     from tqdm import tqdm
 
-    root = Path(root)
+    root = Path(root).resolve()  # PrePARE reports absolute paths: compare like with like
     cfchecks = cfchecks or _sibling_or_path("cfchecks")
     compliance = compliance or _sibling_or_path("compliance-checker")
     for what, exe in (("cfchecks", cfchecks), ("compliance-checker", compliance)):
