@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,14 @@ import pytest
 from mdiff.grid import LatLonGrid
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def skip_unless_ci(reason: str) -> None:
+    """Skip a test whose tool is missing on a developer's machine, but fail under CI:
+    `make test` installs every tool first, so a missing one there is a broken setup."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI: `make test` should have installed it)")
+    pytest.skip(reason)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import skip_unless_ci
 
 from mdiff import config as C
 from mdiff import variables as V
@@ -346,9 +347,9 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(_chromium() is None, reason="Debian's chromium is not installed (apt-get install chromium); "
-                                                "CI installs it")
 def test_screenshot_shows_the_figures(report, tmp_path):
+    if _chromium() is None:
+        skip_unless_ci("Debian's chromium is not installed (apt-get install chromium)")
     import matplotlib.image as mpimg
 
     shot = tmp_path / "page.png"

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import skip_unless_ci
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -195,7 +196,7 @@ def _slurm_missing_reason() -> str | None:
 def slurm_cluster():
     reason = _slurm_missing_reason()
     if reason:
-        pytest.skip(reason)
+        skip_unless_ci(reason)
     before = subprocess.run(["bash", str(SLURM_LOCAL), "status"], capture_output=True, text=True)
     already = before.stdout.count("started by slurm-local.sh") == 3
     start = subprocess.run(["bash", str(SLURM_LOCAL), "start"], capture_output=True, text=True,

@@ -9,6 +9,7 @@ the tree, so an interrupted job never leaves a file that looks complete.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import logging
@@ -43,10 +44,10 @@ class CmorizeError(ValueError):
 
 def import_cmor():
     """Import CMOR with the two fixes Debian's python3-cmor 3.7 needs (see docs/aimip.md)."""
-    try:
-        ctypes.CDLL("libuuid.so.1", mode=ctypes.RTLD_GLOBAL)  # else: undefined symbol uuid_unparse
-    except OSError:
-        pass  # conda's cmor links libuuid itself
+    # Debian's build needs libuuid loaded first (else: undefined symbol uuid_unparse);
+    # conda's cmor links it itself, so a missing libuuid.so.1 is no error here.
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libuuid.so.1", mode=ctypes.RTLD_GLOBAL)
     if not hasattr(np, "float"):  # cmor 3.7's python wrapper still uses np.float / np.int
         np.float = float  # type: ignore[attr-defined]
         np.int = int  # type: ignore[attr-defined]
