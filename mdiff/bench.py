@@ -160,8 +160,23 @@ def bench_regrid(args) -> None:
     print(f"regrid_year_seconds={seconds:.2f}")
 
 
+def bench_science(args) -> None:
+    """The perfect-model benchmark (mdiff.science)."""
+    from mdiff.science import bench_science as run
+
+    run(args)
+
+
+def _science_arguments() -> list:
+    from mdiff.science import ARGUMENTS
+
+    return ARGUMENTS
+
+
 # name -> (function, help, extra arguments)
 BENCHMARKS: dict[str, tuple] = {
+    "science": (bench_science, "perfect-model scores of a trained emulator on the synthetic world",
+                _science_arguments()),
     "world": (bench_world, "time 46.25 years of the synthetic world at 1.5 deg",
               [(("--grid",), {"default": "121x240", "help": "NLATxNLON"})]),
     "train": (bench_train, "joint training throughput (samples/s) on random data",

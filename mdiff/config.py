@@ -276,6 +276,23 @@ class ModelConfig:
     cosine_s: float = 0.008
     lmax: int | None = None  # model-grid truncation; None: the grid's resolvable truncation
     latent_lmax: int | None = None  # latent-grid truncation; None: the latent grid's exact one
+    # --- departures from MD v0.9, each measured on/off in docs/science.md
+    # anomaly: fields minus their monthly climatology, over the anomaly std; global: MD v0.9's
+    # one mean/std per channel
+    normalization: Literal["anomaly", "global"] = "anomaly"
+    global_sst_input: bool = True  # the global-mean ocean SST anomaly as a conditioning map
+    # a linear map from the forcing to the decoded state (spectral conv x learned
+    # position-dependent gains): the forced response extrapolates linearly to +2K/+4K
+    linear_forcing: bool = True
+    linear_forcing_channels: int = 8
+    linear_forcing_rank: int = 32  # spectral rank of that map (a smooth, large-scale response)
+    # running: the diffusion runs on the latent standardised by running statistics of the
+    # encoder means (buffers); learned: MD v0.9's trained mean/std parameters
+    latent_standardization: Literal["running", "learned"] = "running"
+    # beta: ancestral steps with variance beta_t (keeps the variance of the data);
+    # posterior: MD v0.9's posterior variance (under-disperses with 15 steps)
+    sampler_variance: Literal["beta", "posterior"] = "beta"
+    film_embed_channels: int = 0  # learned position maps added to every block's FiLM conditioning
 
     def __post_init__(self) -> None:
         for name in ("latent_channels", "squeeze", "seasonal_channels", "seasonal_basis",
@@ -288,8 +305,17 @@ class ModelConfig:
         for name in ("decoder_hidden_channels", "denoiser_hidden_channels", "latent_lmax"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"model.{name} = {getattr(self, name)}; expected >= 1 or null")
+        if self.linear_forcing_channels < 1 or self.linear_forcing_rank < 1 or self.film_embed_channels < 0:
+            raise ConfigError("model.linear_forcing_channels and linear_forcing_rank must be >= 1 and "
+                              "model.film_embed_channels >= 0")
         if self.decoder_mlp_ratio is not None and self.decoder_mlp_ratio <= 0:
             raise ConfigError(f"model.decoder_mlp_ratio = {self.decoder_mlp_ratio}; expected > 0 or null")
+
+
+# What a model config written before a key existed meant: MD v0.9's choices. Checkpoints
+# whose stored config lacks a key load with these values (not with today's defaults).
+MD_V09_MODEL = {"normalization": "global", "global_sst_input": False, "linear_forcing": False,
+                "latent_standardization": "learned", "sampler_variance": "posterior", "film_embed_channels": 0}
 
 
 @dataclass
@@ -314,6 +340,10 @@ class TrainConfig:
     loss_weights: LossWeights = field(default_factory=LossWeights)
     sample_every: int = 5  # epochs between full-sampling validation
     device: str = "auto"
+    # MD v0.9 lets the denoising loss flow into the encoder (true); it then shrinks its own
+    # target (docs/science.md). false: the diffusion sees the encoder's latents detached.
+    diffusion_grad_to_encoder: bool = False
+    latent_momentum: float = 0.01  # update rate of the running latent statistics
 
 
 @dataclass

@@ -361,7 +361,7 @@ class MonthWriter:
                 self.error = err
 
     def _write(self, index: int, state: np.ndarray) -> None:
-        values = self.normalizer.denormalize(state, V.STATE_NAMES)
+        values = self.normalizer.denormalize(state, V.STATE_NAMES, P.month_of_year(self.months[index]))
         check_month(values, self.months[index], self.members)
         for variable in V.variables(V.STATE):
             idx = [i for i, c in enumerate(V.STATE) if c.variable == variable]
@@ -551,7 +551,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", required=True, help="model/checkpoint.pt")
     parser.add_argument("--forcing", required=True, help="prepared/forcing.nc (monthly means)")
     parser.add_argument("--initial-state", required=True, help="prepared state file holding periods.run_start")
-    parser.add_argument("--normalization", required=True, help="stats/normalization.json")
+    parser.add_argument("--normalization", required=True, help="stats/normalization.nc")
     parser.add_argument("--experiment", required=True, choices=list(SST_OFFSET_K))
     parser.add_argument("--members", required=True, help="FIRST-LAST, 1-based inclusive (e.g. 1-5)")
     parser.add_argument("--output", required=True, help="rollout/{experiment}/members_{a:03d}-{b:03d}.nc")
@@ -566,34 +566,44 @@ def main(args) -> None:
     cfg = load_settings(args)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    grid = LatLonGrid(cfg.grid.nlat, cfg.grid.nlon)
     members = parse_members(args.members)
     if members[-1] > cfg.rollout.members:
         raise RolloutInputError(f"--members {args.members}: rollout.members is {cfg.rollout.members}")
-    months = P.month_range(cfg.periods.run_start, cfg.periods.run_end)
-    device = resolve_device(cfg.rollout.device)
-    normalizer = Normalizer.from_json(args.normalization)
-    model, trained_stats = load_model(args.checkpoint, device)
-    if trained_stats is not None and Normalizer.from_dict(trained_stats).stats != normalizer.stats:
-        raise RolloutInputError(f"{args.normalization}: statistics differ from those {args.checkpoint} "
-                                "was trained with; retrain or use the matching statistics")
-    if (model.grid.nlat, model.grid.nlon) != (grid.nlat, grid.nlon):
-        raise RolloutInputError(f"{args.checkpoint}: model grid {model.grid.nlat}x{model.grid.nlon}; "
-                                f"the config's grid is {grid.nlat}x{grid.nlon}")
-    sst, ice = experiment_forcing(args.forcing, grid, months, args.experiment)
-    forcing = normalizer.forcing(sst, ice)
-    # The initial state is encoded with the forcing it was observed under (no SST offset), so
-    # aimip, aimip-p2k and aimip-p4k start from the same latent; the offset acts from month 1.
-    initial_forcing = normalizer.forcing(*experiment_forcing(args.forcing, grid, months[:1], "aimip"))[0]
-    state0 = normalizer.normalize(initial_state(args.initial_state, grid, months[0]), V.STATE_NAMES)
-    job = RolloutJob(args.experiment, members, cfg.rollout.seed, months, grid, file_sha256(args.checkpoint),
-                     cfg.rollout.resume_every)
-    kernels = inference_kernels(model, device, compile=cfg.rollout.compile, bf16=cfg.rollout.bf16)
     # Slurm ends jobs with SIGTERM: leave cleanly so the partial file stays readable for a resume.
     signal.signal(signal.SIGTERM, _terminate)
-    out = run_rollout(job, kernels, normalizer, forcing, state0, args.output, device, cfg.rollout.bf16,
-                      progress=not args.no_progress, initial_forcing=initial_forcing)
+    out = rollout_file(cfg, args.checkpoint, args.forcing, args.initial_state, args.normalization,
+                       args.experiment, members, args.output, progress=not args.no_progress)
     log.info("wrote %s", out)
+
+
+def rollout_file(cfg, checkpoint: str | Path, forcing_path: str | Path, initial_state_path: str | Path,
+                 normalization: str | Path, experiment: str, members: list[int], output: str | Path,
+                 progress: bool = True) -> Path:
+    """One rollout file of ``experiment`` and ``members`` (what `mdiff rollout` does)."""
+    grid = LatLonGrid(cfg.grid.nlat, cfg.grid.nlon)
+    months = P.month_range(cfg.periods.run_start, cfg.periods.run_end)
+    device = resolve_device(cfg.rollout.device)
+    model, trained_stats = load_model(checkpoint, device)
+    normalizer = Normalizer.load(normalization, model.config.normalization)
+    if trained_stats is not None and Normalizer.from_dict(trained_stats, model.config.normalization) != normalizer:
+        raise RolloutInputError(f"{normalization}: statistics differ from those {checkpoint} "
+                                "was trained with; retrain or use the matching statistics")
+    if (model.grid.nlat, model.grid.nlon) != (grid.nlat, grid.nlon):
+        raise RolloutInputError(f"{checkpoint}: model grid {model.grid.nlat}x{model.grid.nlon}; "
+                                f"the config's grid is {grid.nlat}x{grid.nlon}")
+    moy = P.month_of_year(months)
+    sst, ice = experiment_forcing(forcing_path, grid, months, experiment)
+    forcing = normalizer.forcing(sst, ice, months=moy)
+    # The initial state is encoded with the forcing it was observed under (no SST offset), so
+    # aimip, aimip-p2k and aimip-p4k start from the same latent; the offset acts from month 1.
+    initial_forcing = normalizer.forcing(*experiment_forcing(forcing_path, grid, months[:1], "aimip"),
+                                         months=moy[:1])[0]
+    state0 = normalizer.normalize(initial_state(initial_state_path, grid, months[0]), V.STATE_NAMES, moy[0])
+    job = RolloutJob(experiment, members, cfg.rollout.seed, months, grid, file_sha256(checkpoint),
+                     cfg.rollout.resume_every)
+    kernels = inference_kernels(model, device, compile=cfg.rollout.compile, bf16=cfg.rollout.bf16)
+    return run_rollout(job, kernels, normalizer, forcing, state0, output, device, cfg.rollout.bf16,
+                       progress=progress, initial_forcing=initial_forcing)
 
 
 def _terminate(signum, frame):
@@ -713,6 +723,7 @@ class _FastBlock:
 
     def __init__(self, block, bf16: bool = False):
         self.spectral = _FastSpectral(block.spectral)
+        self.film_conditioning = block.film_conditioning
         self.dtype = torch.bfloat16 if bf16 else torch.float32
         self.embedding = block.embedding.detach()[None]  # (1, E, H_in, W_in)
         self.norms = [(block.norm1.eps, *_matrix(block.norm1.modulation)),
@@ -723,7 +734,7 @@ class _FastBlock:
 
     def modulations(self, cond_out: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(1 + scale, shift) of both norms, each (1, C, N), from cond_out (1, K, H, W)."""
-        c = cond_out.flatten(2).float()
+        c = self.film_conditioning(cond_out.float()).flatten(2)
         out = []
         for _, w, bias in self.norms:
             scale, shift = _pointwise(w, bias, c).chunk(2, dim=1)
@@ -791,8 +802,9 @@ class FastKernels:
     def decode(self, latent: torch.Tensor, cond) -> torch.Tensor:
         dec, spec = self.decoder, self.decoder.spectral
         shared_y, modulations = spec.spectral(dec.shared(cond.latent, self.c)), dec.modulations(cond.full)
-        return torch.cat([dec.finish(spec.spectral(spec.analyse(part, 0), add=shared_y), modulations)
-                          for part in latent.split(MEMBER_CHUNK)])
+        state = torch.cat([dec.finish(spec.spectral(spec.analyse(part, 0), add=shared_y), modulations)
+                           for part in latent.split(MEMBER_CHUNK)])
+        return state if cond.response is None else state + cond.response
 
     def sample_next(self, latent: torch.Tensor, cond, generators) -> torch.Tensor:
         den, c = self.denoiser, self.c
@@ -818,7 +830,8 @@ class FastKernels:
             y_step, modulations = steps[int(t[0])]
             return den.finish(spec.spectral(spec.analyse(x_t, 0), add=month_y + y_step), modulations)
 
-        x0 = self._ancestral_sample(model.schedule, predict_v, tuple(latent.shape), generators, latent.device)
+        x0 = self._ancestral_sample(model.schedule, predict_v, tuple(latent.shape), generators, latent.device,
+                                    model.config.sampler_variance)
         return model.unstandardise(x0)
 
 

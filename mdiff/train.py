@@ -267,10 +267,24 @@ def run_signature(opts: TrainOptions, normalizer: Normalizer) -> str:
     """What must match for ``--resume`` to continue a run: configs, grid, periods, statistics."""
     # epochs and device may change between runs: extending a finished run is allowed
     train = {k: v for k, v in C.to_dict(opts.model_file.train).items() if k not in ("epochs", "device")}
+    stats = normalizer.to_dict()
+    climatology = stats.pop("climatology", {})
     blob = json.dumps({"model": C.to_dict(opts.model_file.model), "train": train, "grid": C.to_dict(opts.grid),
                        "periods": {"train": opts.periods.train, "validate": opts.periods.validate},
-                       "stats": normalizer.to_dict()}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
+                       "stats": stats}, sort_keys=True)
+    digest = hashlib.sha256(blob.encode())
+    for name in sorted(climatology):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(climatology[name]).tobytes())
+    return digest.hexdigest()
+
+
+def normalization_payload(normalizer: Normalizer) -> dict:
+    """The statistics as the checkpoint stores them (arrays as tensors: weights_only loading)."""
+    stats = normalizer.to_dict()
+    if "climatology" in stats:
+        stats["climatology"] = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in stats["climatology"].items()}
+    return stats
 
 
 def checkpoint_payload(opts: TrainOptions, normalizer: Normalizer, model: MonthlyDiffusion,
@@ -283,7 +297,7 @@ def checkpoint_payload(opts: TrainOptions, normalizer: Normalizer, model: Monthl
         "train_config": C.to_dict(opts.model_file.train),
         "grid": {"nlat": opts.grid.nlat, "nlon": opts.grid.nlon},
         "periods": C.to_dict(opts.periods),
-        "normalization": normalizer.to_dict(),
+        "normalization": normalization_payload(normalizer),
         "variables": V.as_table(),
         "state_channels": list(V.STATE_NAMES),
         "parameter_count": parameter_count(model),
@@ -307,7 +321,8 @@ def _known_fields(cls, data: dict, what: str) -> dict:
 
 
 def model_config_from(data: dict) -> C.ModelConfig:
-    return C.ModelConfig(**_known_fields(C.ModelConfig, data, "model_config"))
+    """The model config a checkpoint stores; keys it predates take MD v0.9's values."""
+    return C.ModelConfig(**{**C.MD_V09_MODEL, **_known_fields(C.ModelConfig, data, "model_config")})
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[MonthlyDiffusion, dict]:
@@ -488,7 +503,7 @@ def train(opts: TrainOptions, stop: _StopFlag | None = None) -> int:
     tc = opts.model_file.train
     dist, device = init_distributed(tc.device)
     grid = LatLonGrid(opts.grid.nlat, opts.grid.nlon)
-    normalizer = Normalizer.from_json(opts.stats)
+    normalizer = Normalizer.load(opts.stats, opts.model_file.model.normalization)
     train_set = MonthPairDataset(opts.state_files, normalizer, grid, *opts.periods.train)
     val_set = MonthPairDataset(opts.state_files, normalizer, grid, *opts.periods.validate)
     global_batch = tc.batch_size * dist.world
@@ -498,6 +513,7 @@ def train(opts: TrainOptions, stop: _StopFlag | None = None) -> int:
 
     torch.manual_seed(tc.seed)
     model = build_model(opts.model_file.model, grid)
+    model.grad_to_encoder, model.latent_momentum = tc.diffusion_grad_to_encoder, tc.latent_momentum
     model.set_statics(load_statics(opts.statics, grid, normalizer))
     model.to(device)
     ema = copy.deepcopy(model).requires_grad_(False)

@@ -47,9 +47,8 @@ class TinyWorld:
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory) -> TinyWorld:
     """A 17x32 (11.25 deg) synthetic world, 1978-10..2024-12, 2 realisations, with statistics."""
-    from mdiff.data.statistics import compute_statistics
+    from mdiff.data.statistics import compute_statistics, write_statistics
     from mdiff.data.synthetic import write_world
-    from mdiff.fileio import write_json
 
     root = tmp_path_factory.mktemp("tiny_world")
     grid = LatLonGrid(17, 32)
@@ -57,5 +56,5 @@ def tiny_world(tmp_path_factory) -> TinyWorld:
                 prepared_dir=root / "prepared", truth_dir=root / "truth", progress=False)
     stats = compute_statistics(sorted((root / "prepared" / "state").glob("*.nc")),
                                root / "prepared" / "statics.nc", grid, ["1979-01", "2014-12"])
-    write_json(root / "stats" / "normalization.json", stats)
-    return TinyWorld(root, grid, root / "prepared", root / "truth", root / "stats" / "normalization.json")
+    write_statistics(root / "stats" / "normalization.nc", stats, grid)
+    return TinyWorld(root, grid, root / "prepared", root / "truth", root / "stats" / "normalization.nc")

@@ -18,7 +18,7 @@ GRID = LatLonGrid(17, 32)
 
 
 def test_items_are_normalised_month_pairs(tiny_world):
-    normalizer = Normalizer.from_json(tiny_world.stats)
+    normalizer = Normalizer.load(tiny_world.stats)
     data = MonthPairDataset(tiny_world.state_files, normalizer, GRID, "1979-11", "1980-02")
     assert len(data) == 3  # pairs with both months in the period
     item = data[1]  # (1979-12, 1980-01)
@@ -39,7 +39,7 @@ def test_items_are_normalised_month_pairs(tiny_world):
 
 
 def test_statics_are_standardised(tiny_world):
-    statics = load_statics(tiny_world.statics, GRID, Normalizer.from_json(tiny_world.stats))
+    statics = load_statics(tiny_world.statics, GRID, Normalizer.load(tiny_world.stats))
     assert statics.shape == (V.N_STATIC, *GRID.shape)
     assert torch.isfinite(statics).all()
 
@@ -47,7 +47,7 @@ def test_statics_are_standardised(tiny_world):
 def test_missing_month_names_the_files_and_months(tiny_world, tmp_path):
     files = [p for p in tiny_world.state_files if p.stem != "1980"]
     with pytest.raises(P.PreparedDataError, match=r"1980-01.*missing"):
-        MonthPairDataset(files, Normalizer.from_json(tiny_world.stats), GRID, "1979-06", "1980-06")
+        MonthPairDataset(files, Normalizer.load(tiny_world.stats), GRID, "1979-06", "1980-06")
 
 
 def test_duplicate_month_and_missing_variable_are_clear_errors(tiny_world, tmp_path):
@@ -55,9 +55,9 @@ def test_duplicate_month_and_missing_variable_are_clear_errors(tiny_world, tmp_p
     shutil.copy(tiny_world.prepared / "state" / "1980.nc", copy)
     files = [tiny_world.prepared / "state" / "1980.nc", copy]
     with pytest.raises(P.PreparedDataError, match="also in"):
-        MonthPairDataset(files, Normalizer.from_json(tiny_world.stats), GRID, "1980-01", "1980-03")
+        MonthPairDataset(files, Normalizer.load(tiny_world.stats), GRID, "1980-01", "1980-03")
     ds = P.open_checked(copy).drop_vars("ua")
     broken = tmp_path / "broken.nc"
     P.write(ds, broken)
     with pytest.raises(P.PreparedDataError, match=r"broken.nc.*'ua'.*missing"):
-        MonthPairDataset([broken], Normalizer.from_json(tiny_world.stats), GRID, "1980-01", "1980-03")
+        MonthPairDataset([broken], Normalizer.load(tiny_world.stats), GRID, "1980-01", "1980-03")

@@ -426,7 +426,7 @@ def test_replacing_one_raw_year_reruns_that_year_and_downstream_only(tmp_path):
 
     # A data update: 1980's single-level file is replaced.
     L.write_group(data / "1980" / "single.nc", "single", 1980, list(range(1, 13)), scale=1.001)
-    target = f"{results}/stats/normalization.json"
+    target = f"{results}/stats/normalization.nc"
     out = _dry_run(work, target)
     jobs = re.findall(r"^rule (\w+):", out, flags=re.M)
     years = re.findall(r"prepared/state/(\d{4})\.nc", "\n".join(

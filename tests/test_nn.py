@@ -161,7 +161,10 @@ def test_defect1_denoiser_gets_month_t_plus_1_conditioning(monkeypatch):
 
 
 def test_defect2_latent_population_parameters_are_saved_and_trained():
-    model = tiny_model()
+    """MD v0.9's learned latent mean/std (latent_standardization: learned) are real parameters."""
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(TINY, latent_standardization="learned"), GRID)
+    model.set_statics(torch.randn(V.N_STATIC, *GRID.shape))
     state = model.state_dict()
     assert "latent_mean" in state and "latent_std" in state
     names = {n for n, _ in model.named_parameters()}
@@ -171,8 +174,46 @@ def test_defect2_latent_population_parameters_are_saved_and_trained():
     sum(t.mean() for t in terms.values()).backward()
     assert model.latent_mean.grad.abs().sum() > 0 and model.latent_std.grad.abs().sum() > 0
     if torch.cuda.is_available():  # the published bug showed only on GPU
-        moved = tiny_model().cuda()
+        moved = model.cuda()
         assert isinstance(moved.latent_mean, torch.nn.Parameter)
+
+
+def test_running_latent_statistics_and_detached_diffusion():
+    """latent_standardization: running keeps buffers (saved) that track the encoder means, and
+    with grad_to_encoder off the denoising loss leaves the encoder's gradient untouched."""
+    model = tiny_model()
+    assert "latent_mean" in model.state_dict() and "latent_mean" not in dict(model.named_parameters())
+    noise = draw_training_noise(model, [torch.Generator().manual_seed(i) for i in range(2)])
+    before = model.latent_std.clone()
+    model.train()
+    terms = training_losses(model, random_batch(), noise, area(), grad_to_encoder=False)
+    assert not torch.equal(before, model.latent_std)
+    terms["diffusion"].mean().backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.encoder.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.denoiser.parameters())
+    model.zero_grad()
+    terms = training_losses(model, random_batch(), noise, area(), grad_to_encoder=True)
+    terms["diffusion"].mean().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+
+
+def test_linear_forcing_response_is_linear():
+    """The decoder's forcing path: twice the forcing anomaly gives twice the response."""
+    model = tiny_model()
+    with torch.no_grad():
+        for p in model.linear_forcing.parameters():
+            p.normal_()
+        forcing = torch.randn(1, V.N_FORCING, *GRID.shape)
+        forcing[:, 2] = (forcing[:, 2] > 0).float()
+        month = torch.tensor([5])
+        base, doubled = forcing.clone(), forcing.clone()
+        base[:, :2] = 0
+        doubled[:, :2] *= 2
+        r0 = model.conditioning(base, month).response
+        r1 = model.conditioning(forcing, month).response - r0
+        r2 = model.conditioning(doubled, month).response - r0
+    assert r1.abs().max() > 0
+    assert torch.allclose(r2, 2 * r1, atol=1e-4 * float(r1.abs().max()))
 
 
 def test_reconstruction_loss_is_area_weighted():
@@ -201,7 +242,7 @@ def test_params_command_prints_the_count(capsys):
 
     assert main(["params", "--model", "config/model/md15.yaml", "--grid", "121x240"]) == 0
     out = capsys.readouterr().out
-    assert "3,225,082 parameters" in out and "(3.23 M" in out
+    assert "3,494,570 parameters" in out and "(3.49 M" in out
 
 
 def test_per_block_widths_and_latent_truncation():

@@ -54,14 +54,15 @@ def setup(tiny_world):
         for p in model.parameters():
             if not p.any():
                 p.normal_(0.0, 0.05)
-    normalizer = Normalizer.from_json(tiny_world.stats)
+    normalizer = Normalizer.load(tiny_world.stats, SMALL.normalization)
     statics = P.dataset_to_channels(P.open_checked(tiny_world.statics, grid), V.STATIC)
     model.set_statics(torch.from_numpy(normalizer.normalize(statics, V.STATIC_NAMES)))
     months = P.month_range(tiny_world.run_start, tiny_world.run_end)
+    moy = P.month_of_year(months)
     sst, ice = experiment_forcing(tiny_world.forcing, grid, months, "aimip")
-    forcing = normalizer.forcing(sst, ice)
+    forcing = normalizer.forcing(sst, ice, months=moy)
     state_file = tiny_world.prepared / "state" / "1978.nc"
-    state0 = normalizer.normalize(initial_state(state_file, grid, months[0]), V.STATE_NAMES)
+    state0 = normalizer.normalize(initial_state(state_file, grid, months[0]), V.STATE_NAMES, moy[0])
     return dict(grid=grid, model=model, normalizer=normalizer, months=months, forcing=forcing, state0=state0)
 
 
@@ -98,17 +99,18 @@ def test_member_alone_equals_member_in_batch(setup):
 
 def test_warmed_forcing_differs_by_exactly_the_offset_over_ocean(setup, tiny_world):
     grid, months, normalizer = setup["grid"], setup["months"][:24], setup["normalizer"]
+    moy = P.month_of_year(months)
     sst0, ice0 = experiment_forcing(tiny_world.forcing, grid, months, "aimip")
-    f0 = normalizer.forcing(sst0, ice0)
+    f0 = normalizer.forcing(sst0, ice0, months=moy)
     ocean = np.isfinite(sst0)
     assert ocean.any() and (~ocean).any()
-    std = normalizer.stats["sst"].std
+    std = normalizer.stats["sst"].anomaly_std  # the anomaly normalisation's scale
     for experiment, offset in (("aimip-p2k", 2.0), ("aimip-p4k", 4.0)):
         sst, ice = experiment_forcing(tiny_world.forcing, grid, months, experiment)
         np.testing.assert_array_equal(np.isfinite(sst), ocean)  # land stays land
         assert np.all(sst[ocean] - sst0[ocean] == offset)  # exactly, over every ocean point
         np.testing.assert_array_equal(ice, ice0)  # sea ice unchanged
-        f = normalizer.forcing(sst, ice)
+        f = normalizer.forcing(sst, ice, months=moy)
         diff = f - f0
         np.testing.assert_allclose(diff[:, 0][ocean], offset / std, rtol=1e-5)
         assert np.all(diff[:, 0][~ocean] == 0)  # nothing changes over land

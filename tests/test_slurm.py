@@ -334,7 +334,7 @@ def test_workflow_runs_fails_and_resumes_on_slurm(slurm_cluster, tiny_workflow):
     assert list(jobs.values()) == ["normalization_stats"], jobs
     _assert_seen_running(jobs, poller, "FAILED")
     assert "Error in rule normalization_stats" in log
-    assert not (results / "stats" / "normalization.json").exists()
+    assert not (results / "stats" / "normalization.nc").exists()
 
     # 3. Fixed input, same command: only what is missing runs, each as a Slurm job.
     victim.write_bytes(good)
@@ -345,7 +345,7 @@ def test_workflow_runs_fails_and_resumes_on_slurm(slurm_cluster, tiny_workflow):
     assert "synthesize_world" not in jobs.values()
     _assert_seen_running(jobs, poller, "COMPLETED")
     assert {p: p.stat().st_mtime_ns for p in world} == mtimes
-    assert (results / "stats" / "normalization.json").exists()
+    assert (results / "stats" / "normalization.nc").exists()
 
     dry = subprocess.run([SNAKEMAKE, "--profile", "profiles/slurm-local", "-n", target], cwd=wf,
                          env=_env(), capture_output=True, text=True)

@@ -43,7 +43,7 @@ def test_statistics_ignore_data_after_2014(tiny_world, tmp_path):
 
 
 def test_statistics_are_area_weighted_and_normalise(tiny_world):
-    stats = Normalizer.from_json(tiny_world.stats)
+    stats = Normalizer.load(tiny_world.stats)
     ds = xr.open_mfdataset(tiny_world.state_files, data_vars="minimal", coords="minimal", compat="override").sel(time=slice("1979", "2014")).load()
     from mdiff import variables as V
 
@@ -59,7 +59,7 @@ def test_statistics_are_area_weighted_and_normalise(tiny_world):
 
 
 def test_forcing_masks_undefined_sst(tiny_world):
-    stats = Normalizer.from_json(tiny_world.stats)
+    stats = Normalizer.load(tiny_world.stats)
     ds = xr.open_dataset(tiny_world.forcing)
     sst, ice = ds.sst.values[:3], ds.siconc.values[:3]
     f = stats.forcing(sst, ice)

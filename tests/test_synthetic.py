@@ -103,9 +103,26 @@ def test_planted_modes_file(tiny_world):
 
 
 @pytest.mark.parametrize("offset", [0.0, 4.0])
-def test_global_sst_index_shifts_exactly(offset):
+def test_ocean_averages_shift_exactly(offset):
+    """A uniform SST offset moves the ocean anomaly felt by land (L) and by the large scale
+    (B) by exactly the offset everywhere, land included: the true response is linear in it."""
     grid = LatLonGrid(17, 32)
     world = SyntheticWorld(grid, P.month_range("1990-01", "1990-12"), 0)
-    _, _, _, g0 = world.ocean_surface(slice(0, 12), 0.0)
-    _, _, _, g1 = world.ocean_surface(slice(0, 12), offset)
-    np.testing.assert_allclose(g1 - g0, offset, atol=1e-9)
+    _, _, a0, l0, b0 = world.ocean_surface(slice(0, 12), 0.0)
+    _, _, a1, l1, b1 = world.ocean_surface(slice(0, 12), offset)
+    np.testing.assert_allclose(l1 - l0, offset, atol=1e-9)
+    np.testing.assert_allclose(b1 - b0, offset, atol=1e-9)
+    np.testing.assert_allclose((a1 - a0)[:, world.geo.ocean], offset, atol=1e-9)
+
+
+def test_land_response_is_exercised_in_training_years():
+    """The mechanism that warms land under +dK (the surrounding ocean's anomaly L) varies in
+    the training years: its detrended std over land is not negligible next to 1 K."""
+    grid = LatLonGrid(19, 36)
+    world = SyntheticWorld(grid, P.month_range("1985-01", "2014-12"), 0)
+    _, _, _, land_anomaly, _ = world.ocean_surface(slice(None), 0.0)
+    series = land_anomaly[:, world.geo.lsm > 0.9]
+    t = np.arange(series.shape[0], dtype=float)
+    slope, intercept = np.polyfit(t, series, 1)
+    resid = series - (slope * t[:, None] + intercept)
+    assert 0.1 < float(resid.std(axis=0).mean()) < 1.0

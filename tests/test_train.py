@@ -65,7 +65,9 @@ def test_train_writes_outputs_and_ema_is_what_inference_uses(tiny_world, tmp_pat
     payload = torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=True)
     raw, ema = payload["model_state"], payload["ema_state"]
     differing = [k for k in raw if raw[k].dtype.is_floating_point and not torch.equal(raw[k], ema[k])]
-    assert "decoder.spectral.synthesis" in differing and "latent_mean" in differing
+    assert "decoder.spectral.synthesis" in differing and "denoiser.spectral.synthesis" in differing
+    # the running latent statistics are buffers: the EMA model carries the trained model's
+    assert torch.equal(raw["latent_std"], ema["latent_std"]) and not torch.equal(ema["latent_std"], torch.ones(4))
     model, meta = load_checkpoint(tmp_path / "checkpoint.pt")
     assert not model.training
     loaded = model.state_dict()
@@ -101,7 +103,7 @@ def test_sigterm_saves_checkpoint_then_exits_nonzero(tiny_world, tmp_path):
 
 def test_overfit_reconstruction_falls_tenfold(tiny_world):
     grid = LatLonGrid(17, 32)
-    normalizer = Normalizer.from_json(tiny_world.stats)
+    normalizer = Normalizer.load(tiny_world.stats)
     data = MonthPairDataset(tiny_world.state_files, normalizer, grid, "1980-01", "1980-12")
     torch.manual_seed(0)
     model = build_model(C.ModelConfig(latent_channels=8, squeeze=2, seasonal_basis=3, hidden_channels=32,

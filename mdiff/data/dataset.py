@@ -81,13 +81,14 @@ class MonthPairDataset(torch.utils.data.Dataset):
         months, state, ocean = load_period(state_files, grid, first, last)
         if len(months) < 2:
             raise P.PreparedDataError(f"period {first}..{last} has {len(months)} month(s); expected at least 2")
+        moy = P.month_of_year(months)
         try:
-            self.state = torch.from_numpy(normalizer.normalize(state, V.STATE_NAMES))
-            self.forcing = torch.from_numpy(normalizer.forcing(ocean[:, 0], ocean[:, 1]))
+            self.state = torch.from_numpy(normalizer.normalize(state, V.STATE_NAMES, moy))
+            self.forcing = torch.from_numpy(normalizer.forcing(ocean[:, 0], ocean[:, 1], months=moy))
         except KeyError as err:
             raise P.PreparedDataError(f"normalisation statistics: {err}") from None
         self.months = months
-        self.month_of_year = torch.from_numpy(P.month_of_year(months).astype(np.int64))
+        self.month_of_year = torch.from_numpy(moy.astype(np.int64))
         self.period = (first, last)
         log.info("loaded %d months %s..%s (%d pairs, %.0f MB)", len(months), first, last, len(self),
                  (self.state.numel() + self.forcing.numel()) * 4 / 1e6)

@@ -1,9 +1,20 @@
-"""Transforms (sqrt, clipped logit) and per-channel standardisation.
+"""Transforms (sqrt, clipped logit) and standardisation of the model's channels.
 
-The statistics file is the one written by ``mdiff stats``: for each channel the mean and
-std of the *transformed* field, area-weighted over the statistics period only.
+The statistics file is the one written by ``mdiff stats`` (``stats/normalization.nc``):
+for each channel the mean and std of the *transformed* field, area-weighted over the
+statistics period only, and for every dynamic channel (state, SST, sea ice) its
+climatology per calendar month and grid point and the std of the anomalies from it.
+
+Two modes (``model.normalization``):
+
+* ``anomaly`` (the default, measured in docs/science.md): ``(T(x) - clim[month]) / anomaly_std``.
+  The model sees monthly anomalies at unit scale, so the weather, the forced signal and
+  the SST anomalies it must respond to are not hidden under the seasonal cycle and the
+  equator-to-pole contrast. Decoding adds the climatology back.
+* ``global`` (MD v0.9): ``(T(x) - mean) / std``, one number pair per channel.
+
 Forcing points where SST is undefined (land) are masked: set to 0 after normalisation
-and flagged by the ``sst_undefined`` channel.
+and flagged by the ``sst_undefined`` channel. Statics always use the global mode.
 """
 
 from __future__ import annotations
@@ -12,10 +23,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from mdiff import variables as V
+
+Mode = Literal["anomaly", "global"]
 
 
 def forward_transform(x: np.ndarray, transform: str) -> np.ndarray:
@@ -45,53 +59,118 @@ class ChannelStats:
     mean: float
     std: float
     transform: str
+    anomaly_std: float | None = None  # std of the anomalies from the monthly climatology
 
 
 class Normalizer:
-    """Standardises stacked arrays (..., C, lat, lon) channel by channel."""
+    """Standardises stacked arrays (..., C, lat, lon) channel by channel.
 
-    def __init__(self, stats: dict[str, ChannelStats], meta: dict | None = None):
+    ``climatology``: {channel: (12, lat, lon)} of the transformed field (NaN where
+    undefined), required by the ``anomaly`` mode. ``months``: the month of year (1..12) of
+    each entry of the leading axis (one value, or one per entry of axis -4).
+    """
+
+    def __init__(self, stats: dict[str, ChannelStats], meta: dict | None = None,
+                 climatology: dict[str, np.ndarray] | None = None, mode: Mode = "global"):
         self.stats = stats
         self.meta = meta or {}
+        self.climatology = climatology or {}
+        if mode not in ("anomaly", "global"):
+            raise ValueError(f"normalisation mode {mode!r}; expected 'anomaly' or 'global'")
+        self.mode = mode
+
+    def with_mode(self, mode: Mode) -> Normalizer:
+        if mode == "anomaly":
+            lacking = [n for n in (*V.STATE_NAMES, "sst", "siconc")
+                       if n not in self.climatology or self.stats[n].anomaly_std is None]
+            if lacking:
+                raise ValueError(f"normalisation statistics have no monthly climatology for {lacking[:4]}; "
+                                 "rerun `mdiff stats` (the anomaly normalisation needs it)")
+        return Normalizer(self.stats, self.meta, self.climatology, mode)
+
+    def __eq__(self, other) -> bool:
+        return (isinstance(other, Normalizer) and self.stats == other.stats and self.mode == other.mode
+                and self.climatology.keys() == other.climatology.keys()
+                and all(np.array_equal(v, other.climatology[k], equal_nan=True) for k, v in self.climatology.items()))
 
     # --- persistence
     @classmethod
-    def from_dict(cls, d: dict) -> Normalizer:
-        stats = {k: ChannelStats(float(v["mean"]), float(v["std"]), v["transform"]) for k, v in d["channels"].items()}
-        return cls(stats, {k: v for k, v in d.items() if k != "channels"})
+    def from_dict(cls, d: dict, mode: Mode = "global") -> Normalizer:
+        stats = {k: ChannelStats(float(v["mean"]), float(v["std"]), v["transform"],
+                                 None if v.get("anomaly_std") is None else float(v["anomaly_std"]))
+                 for k, v in d["channels"].items()}
+        clim = {k: np.asarray(v, dtype=np.float32) for k, v in (d.get("climatology") or {}).items()}
+        meta = {k: v for k, v in d.items() if k not in ("channels", "climatology")}
+        return cls(stats, meta, clim).with_mode(mode)
 
     @classmethod
-    def from_json(cls, path: str | Path) -> Normalizer:
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
+    def load(cls, path: str | Path, mode: Mode = "global") -> Normalizer:
+        """The statistics file of ``mdiff stats`` (NetCDF; a JSON of an older version has no
+        climatology and serves the ``global`` mode only)."""
+        path = Path(path)
+        if path.suffix == ".json":
+            with open(path) as f:
+                return cls.from_dict(json.load(f), mode)
+        from mdiff.data.statistics import read_statistics
+
+        return cls.from_dict(read_statistics(path), mode)
+
 
     def to_dict(self) -> dict:
-        return {**self.meta, "channels": {k: vars(s) for k, s in self.stats.items()}}
+        out = {**self.meta, "channels": {k: {key: v for key, v in vars(s).items() if v is not None}
+                                         for k, s in self.stats.items()}}
+        if self.climatology:
+            out["climatology"] = dict(self.climatology)
+        return out
 
     # --- arrays
-    def _vectors(self, names: Sequence[str]):
+    def _vectors(self, names: Sequence[str], anomaly: bool):
         missing = [n for n in names if n not in self.stats]
         if missing:
             raise KeyError(f"normalisation statistics lack channels {missing}")
-        mean = np.array([self.stats[n].mean for n in names], dtype=np.float32)[:, None, None]
-        std = np.array([self.stats[n].std for n in names], dtype=np.float32)[:, None, None]
+        if anomaly:
+            mean = 0.0
+            std = np.array([self.stats[n].anomaly_std for n in names], dtype=np.float32)[:, None, None]
+        else:
+            mean = np.array([self.stats[n].mean for n in names], dtype=np.float32)[:, None, None]
+            std = np.array([self.stats[n].std for n in names], dtype=np.float32)[:, None, None]
         return mean, std
 
-    def normalize(self, x: np.ndarray, names: Sequence[str]) -> np.ndarray:
-        mean, std = self._vectors(names)
+    def _uses_anomalies(self, names: Sequence[str]) -> bool:
+        return self.mode == "anomaly" and all(n in self.climatology for n in names)
+
+    def _clim(self, names: Sequence[str], months, ndim: int) -> np.ndarray:
+        """Climatology of ``names`` for ``months``, shaped to broadcast against (..., C, H, W)."""
+        if months is None:
+            raise ValueError("the anomaly normalisation needs the month of year of every field")
+        index = np.asarray(months, dtype=np.int64) - 1
+        stack = np.stack([self.climatology[n] for n in names], axis=1)  # (12, C, H, W)
+        clim = stack[index]  # (C, H, W) or (T, C, H, W)
+        while clim.ndim < ndim:
+            clim = clim[None]
+        return np.nan_to_num(clim, nan=0.0)
+
+    def normalize(self, x: np.ndarray, names: Sequence[str], months=None) -> np.ndarray:
+        anomaly = self._uses_anomalies(names)
+        mean, std = self._vectors(names, anomaly)
         out = np.empty(x.shape, dtype=np.float32)
         for i, n in enumerate(names):
             out[..., i, :, :] = forward_transform(x[..., i, :, :].astype(np.float64), self.stats[n].transform)
+        if anomaly:
+            out -= self._clim(names, months, out.ndim)
         return (out - mean) / std
 
-    def denormalize(self, y: np.ndarray, names: Sequence[str]) -> np.ndarray:
-        mean, std = self._vectors(names)
+    def denormalize(self, y: np.ndarray, names: Sequence[str], months=None) -> np.ndarray:
+        anomaly = self._uses_anomalies(names)
+        mean, std = self._vectors(names, anomaly)
         z = np.asarray(y, dtype=np.float32) * std + mean
+        if anomaly:
+            z = z + self._clim(names, months, z.ndim)
         for i, n in enumerate(names):
             z[..., i, :, :] = inverse_transform(z[..., i, :, :], self.stats[n].transform)
         return z
 
-    def forcing(self, sst: np.ndarray, siconc: np.ndarray, sst_offset_k: float = 0.0) -> np.ndarray:
+    def forcing(self, sst: np.ndarray, siconc: np.ndarray, sst_offset_k: float = 0.0, months=None) -> np.ndarray:
         """The 3 forcing channels (..., 3, lat, lon) from physical SST (K) and sea ice (0-1).
 
         ``sst_offset_k`` raises SST uniformly over ocean *before* normalisation with the
@@ -102,6 +181,6 @@ class Normalizer:
         sst = np.where(undefined, np.nan, sst + sst_offset_k)
         ice = np.where(undefined | ~np.isfinite(siconc), 0.0, siconc)
         x = np.stack([sst, ice], axis=-3)
-        y = self.normalize(np.nan_to_num(x, nan=0.0), ["sst", "siconc"])
+        y = self.normalize(np.nan_to_num(x, nan=0.0), ["sst", "siconc"], months)
         y = np.where(undefined[..., None, :, :], 0.0, y)
         return np.concatenate([y, undefined[..., None, :, :].astype(np.float32)], axis=-3).astype(np.float32)

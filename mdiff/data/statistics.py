@@ -1,15 +1,19 @@
-"""Normalisation statistics: one mean and std per channel, after the sqrt/logit transforms,
-area-weighted, over the statistics period only (AI-MIP: nothing after 2014 may enter)."""
+"""Normalisation statistics, after the sqrt/logit transforms, over the statistics period only
+(AI-MIP: nothing after 2014 may enter): one area-weighted mean and std per channel, and for
+the dynamic channels (state, SST, sea ice) a climatology per calendar month and grid point
+and the area-weighted std of the anomalies from it (``mdiff.data.normalize``).
+
+File: ``stats/normalization.nc`` (``write_statistics``/``read_statistics``)."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
 from mdiff import variables as V
-from mdiff.fileio import write_json
 from mdiff.grid import LatLonGrid
 
 from . import prepared as P
@@ -48,6 +52,38 @@ class _Moments:
         return self.mean, np.sqrt(self.m2 / np.maximum(self.w, 1e-300))
 
 
+class _MonthlyClimatology:
+    """Sums per calendar month and grid point, for the climatology and its anomaly variance."""
+
+    def __init__(self, n: int, shape: tuple[int, int]):
+        self.sum = np.zeros((12, n, *shape))
+        self.sum2 = np.zeros((12, n, *shape))
+        self.count = np.zeros((12, n, *shape))
+
+    def add(self, x: np.ndarray, months: np.ndarray) -> None:
+        """x: (T, C, H, W) transformed, NaN where undefined; months: (T,) 1..12."""
+        valid = np.isfinite(x)
+        xx = np.where(valid, x, 0.0)
+        for m in np.unique(months):
+            sel = months == m
+            self.sum[m - 1] += xx[sel].sum(axis=0)
+            self.sum2[m - 1] += (xx[sel] ** 2).sum(axis=0)
+            self.count[m - 1] += valid[sel].sum(axis=0)
+
+    def result(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Climatology (12, C, H, W; NaN where never defined) and the area-weighted anomaly std (C,)."""
+        missing = [m + 1 for m in range(12) if not self.count[m].any()]
+        if missing:
+            raise P.PreparedDataError(f"the statistics period lacks calendar month(s) {missing}; "
+                                      "expected at least one full year for the monthly climatology")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            clim = self.sum / self.count
+            var = np.maximum(self.sum2 / self.count - clim**2, 0.0)
+        ww = np.where(self.count > 0, w * self.count, 0.0)  # weight: area x months at the point
+        anomaly_var = np.nansum(np.where(ww > 0, var, 0.0) * ww, axis=(0, 2, 3)) / np.maximum(ww.sum(axis=(0, 2, 3)), 1e-300)
+        return clim.astype(np.float32), np.sqrt(anomaly_var)
+
+
 def _transformed(x: np.ndarray, channels) -> np.ndarray:
     out = np.empty(x.shape, dtype=np.float64)
     for i, ch in enumerate(channels):
@@ -59,6 +95,7 @@ def compute_statistics(state_files, statics_file, grid: LatLonGrid, period: list
     first, last = (P.parse_month(m) for m in period)
     dynamic = V.STATE + V.FORCING[:2]  # sst, siconc from the training-time (ERA5 monthly-mean) forcing
     moments = _Moments(len(dynamic))
+    monthly = _MonthlyClimatology(len(dynamic), grid.shape)
     n_months, used = 0, []
     for path in sorted(map(str, state_files)):
         ds = P.open_checked(path, grid)
@@ -68,16 +105,20 @@ def compute_statistics(state_files, statics_file, grid: LatLonGrid, period: list
         ds = ds.isel(time=np.flatnonzero(keep))
         state = P.dataset_to_channels(ds, V.STATE, path)
         forcing = P.dataset_to_channels(ds, V.FORCING[:2], path, allow_nan=True)  # NaN over land
-        x = np.concatenate([state, forcing], axis=1)
-        moments.add(_transformed(x, dynamic), grid.area_weights)
+        x = _transformed(np.concatenate([state, forcing], axis=1), dynamic)
+        moments.add(x, grid.area_weights)
+        monthly.add(x, P.month_of_year(P.times_of(ds)))
         n_months += int(keep.sum())
         used.append(Path(path).name)
     if n_months == 0:
         raise P.PreparedDataError(f"no prepared months within the statistics period {period} in {list(state_files)}")
     mean, std = moments.result()
-    channels = {}
-    for ch, m, s in zip(dynamic, mean, std, strict=True):
-        channels[ch.name] = {"mean": float(m), "std": _safe_std(s, ch.name), "transform": ch.transform}
+    clim, anomaly_std = monthly.result(grid.area_weights)
+    channels, climatology = {}, {}
+    for i, (ch, m, s) in enumerate(zip(dynamic, mean, std, strict=True)):
+        channels[ch.name] = {"mean": float(m), "std": _safe_std(s, ch.name), "transform": ch.transform,
+                             "anomaly_std": _safe_std(anomaly_std[i], f"{ch.name} (anomalies)")}
+        climatology[ch.name] = clim[:, i]
 
     statics = P.open_checked(statics_file, grid)
     x = P.dataset_to_channels(statics, V.STATIC, str(statics_file))
@@ -86,7 +127,56 @@ def compute_statistics(state_files, statics_file, grid: LatLonGrid, period: list
         s = float(np.sqrt(grid.mean((x[i] - m) ** 2)))
         channels[ch.name] = {"mean": m, "std": _safe_std(s, ch.name), "transform": ch.transform}
     return {"period": list(period), "months": n_months, "files": used, "grid": [grid.nlat, grid.nlon],
-            "weighting": "cell area", "channels": channels}
+            "weighting": "cell area", "channels": channels, "climatology": climatology}
+
+
+def write_statistics(path, stats: dict, grid: LatLonGrid) -> None:
+    """The statistics as NetCDF: per-channel numbers, the monthly climatologies, metadata."""
+    import xarray as xr
+
+    from mdiff.fileio import write_netcdf
+
+    names = list(stats["channels"])
+    ds = xr.Dataset(coords={"channel": names, "month": np.arange(1, 13), "lat": grid.lat, "lon": grid.lon})
+    for key in ("mean", "std", "anomaly_std"):
+        ds[key] = ("channel", [stats["channels"][n].get(key, np.nan) for n in names])
+    ds["transform"] = ("channel", [stats["channels"][n]["transform"] for n in names])
+    clim_names = list(stats["climatology"])
+    ds["climatology"] = (("clim_channel", "month", "lat", "lon"),
+                         np.stack([stats["climatology"][n] for n in clim_names]).astype(np.float32))
+    ds = ds.assign_coords(clim_channel=clim_names)
+    ds["climatology"].attrs["description"] = "mean of the transformed field per calendar month, NaN where undefined"
+    ds.attrs.update({"period": json.dumps(stats["period"]), "months": stats["months"],
+                     "files": json.dumps(stats["files"]), "grid": json.dumps(stats["grid"]),
+                     "weighting": stats["weighting"],
+                     "description": "mdiff normalisation statistics (mdiff.data.statistics)"})
+    write_netcdf(ds, path)
+
+
+def read_statistics(path) -> dict:
+    """The dict ``compute_statistics`` returned, from a file of ``write_statistics``."""
+    import xarray as xr
+
+    try:
+        with xr.open_dataset(path) as ds:
+            ds.load()
+    except FileNotFoundError:
+        raise P.PreparedDataError(f"{path}: normalisation statistics file does not exist") from None
+    except Exception as err:  # noqa: BLE001 -- netCDF4/HDF5 errors on damaged files
+        raise P.PreparedDataError(f"{path}: cannot be read as mdiff normalisation statistics ({err})") from err
+    missing = [k for k in ("mean", "std", "transform", "climatology") if k not in ds]
+    if missing:
+        raise P.PreparedDataError(f"{path}: variables {missing} missing; expected a file written by `mdiff stats`")
+    channels = {}
+    for i, name in enumerate(ds["channel"].values.tolist()):
+        entry = {"mean": float(ds["mean"][i]), "std": float(ds["std"][i]), "transform": str(ds["transform"].values[i])}
+        if np.isfinite(float(ds["anomaly_std"][i])):
+            entry["anomaly_std"] = float(ds["anomaly_std"][i])
+        channels[name] = entry
+    climatology = {n: ds["climatology"].values[i] for i, n in enumerate(ds["clim_channel"].values.tolist())}
+    meta = {k: json.loads(ds.attrs[k]) for k in ("period", "files", "grid") if k in ds.attrs}
+    return {**meta, "months": int(ds.attrs.get("months", 0)), "weighting": ds.attrs.get("weighting", ""),
+            "channels": channels, "climatology": climatology}
 
 
 def _safe_std(s: float, name: str) -> float:
@@ -102,7 +192,7 @@ def add_arguments(parser) -> None:
     add_settings_arguments(parser)
     parser.add_argument("--state", nargs="+", required=True, help="prepared state files (per year)")
     parser.add_argument("--statics", required=True, help="prepared statics file")
-    parser.add_argument("--output", required=True, help="statistics JSON to write")
+    parser.add_argument("--output", required=True, help="statistics file to write (stats/normalization.nc)")
 
 
 def main(args) -> None:
@@ -111,6 +201,6 @@ def main(args) -> None:
     cfg = load_settings(args)
     grid = LatLonGrid(cfg.grid.nlat, cfg.grid.nlon)
     stats = compute_statistics(args.state, args.statics, grid, cfg.periods.stats)
-    write_json(args.output, stats)
+    write_statistics(args.output, stats, grid)
     log.info("statistics over %s (%d months, %d files) -> %s", cfg.periods.stats, stats["months"],
              len(stats["files"]), args.output)

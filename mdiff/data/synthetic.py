@@ -4,17 +4,25 @@ Same channels, units, grid and calendar as prepared ERA5, so the whole pipeline 
 can be *scored* without downloading anything. Built from a few analytic ingredients:
 
 - geography: smooth continents (land fraction), mountain ranges, sub-grid orography statics;
-- SST = climatology + seasonal cycle + warming trend + ENSO-like index x pattern + noise,
-  sea ice from the (unperturbed) SST; both shared by every truth realisation;
-- the atmosphere responds to SST through the local SST anomaly (ocean), the global-mean
-  ocean SST anomaly G(t) (land, ice, upper air: a known linear response) and the ENSO
-  index E(t) (planted teleconnections); internal variability is an NAO-like dipole N(t)
-  plus spatially coherent AR(1) noise. Temperature falls with height (lapse rate),
-  humidity follows Clausius-Clapeyron, precipitation is positive and skewed (log-normal).
+- SST = climatology + seasonal cycle + warming trend + ENSO-like index x pattern + slow
+  large-scale (decadal) modes + noise, sea ice from the (unperturbed) SST; both shared by
+  every truth realisation;
+- the atmosphere responds to SST as the real one does, through mechanisms that every
+  year exercises: air over open water follows the local SST; land and ice-covered ocean
+  warm with the SST anomaly of the *surrounding* ocean (heat and moisture carried inland:
+  a normalised Gaussian average over ocean within ~20 degrees, ``L``); the circulation,
+  sea-level pressure and the stratosphere respond to the large-scale ocean anomaly (the
+  same average within ~40 degrees, ``B``); the ENSO index E(t) drives planted
+  teleconnections. ENSO, the decadal modes and the noise move ``L`` and ``B`` in the
+  training years, so the response to a uniform warming is identifiable from them.
+  Internal variability is an NAO-like dipole N(t) plus spatially coherent AR(1) noise.
+  Temperature falls with height (lapse rate), humidity follows Clausius-Clapeyron,
+  precipitation is positive and skewed (log-normal).
 
 A uniform SST offset dK over ocean (the aimip-p2k/p4k protocol: sea ice unchanged) shifts
-G by exactly dK, so the true response is known: ``truth/response.nc`` stores the exact
-time-mean difference of runs with identical noise. Everything is deterministic for a seed;
+``L`` and ``B`` (normalised averages of the ocean anomaly) by exactly dK, so the true
+response is known: ``truth/response.nc`` stores the exact time-mean difference of runs
+with identical noise. Everything is deterministic for a seed;
 the random inputs are low-dimensional time series, so a 46-year world at 1.5 deg takes
 seconds.
 """
@@ -42,6 +50,9 @@ SECONDS_PER_DAY = 86400.0
 EXPERIMENT_OFFSETS = {"aimip-p2k": 2.0, "aimip-p4k": 4.0}
 ANALYSIS = ("1979-01", "2024-12")
 N_PATTERNS = 24  # coherent noise modes per field family
+N_DECADAL = 4  # slow large-scale SST modes (PDO/AMO-like and a near-uniform one)
+LAND_REACH_DEG = 20.0  # angular scale of the ocean that land and sea ice feel (L)
+BROAD_REACH_DEG = 40.0  # ... that the circulation and the stratosphere feel (B)
 LEVELS = np.array(V.PRESSURE_LEVELS_HPA, dtype=np.float64)
 
 
@@ -66,6 +77,35 @@ def _ar1(rng, n_time, n_modes, rho):
     for t in range(1, n_time):
         out[t] = rho * out[t - 1] + scale * eps[t]
     return out
+
+
+class OceanAverage:
+    """Normalised Gaussian average of an ocean field around every point of the sphere.
+
+    ``A[f](p) = sum_q K(p, q) a_q f_q / sum_q K(p, q) a_q`` over ocean points q, with
+    ``K = exp((cos(angle) - 1) / s^2)`` (a Gaussian of angular scale s) and cell areas
+    a_q. A uniform field comes back exactly uniform. The kernel depends on longitude only
+    through the difference, so the sum over longitudes is a circular convolution (FFT).
+    """
+
+    def __init__(self, grid: LatLonGrid, ocean: np.ndarray, scale_deg: float):
+        phi = np.deg2rad(grid.lat)
+        dlon = np.deg2rad(grid.lon)
+        cos_angle = (np.sin(phi)[:, None, None] * np.sin(phi)[None, :, None]
+                     + np.cos(phi)[:, None, None] * np.cos(phi)[None, :, None] * np.cos(dlon)[None, None, :])
+        kernel = np.exp((cos_angle - 1.0) / np.deg2rad(scale_deg) ** 2) * grid.cell_area[None, :, :1]
+        self.nlon = grid.nlon
+        self.kernel_hat = np.fft.rfft(kernel, axis=-1)  # (lat out, lat in, m)
+        self.ocean = ocean.astype(np.float64)
+        self.weight = np.maximum(self._smooth(self.ocean), 1e-12)
+
+    def _smooth(self, f: np.ndarray) -> np.ndarray:
+        spectrum = np.einsum("ijm,...jm->...im", self.kernel_hat, np.fft.rfft(f, axis=-1))
+        return np.fft.irfft(spectrum, n=self.nlon, axis=-1)
+
+    def __call__(self, field: np.ndarray) -> np.ndarray:
+        """(..., lat, lon) -> the ocean average around every point (NaN-free input)."""
+        return self._smooth(field * self.ocean) / self.weight
 
 
 @dataclass(frozen=True)
@@ -110,6 +150,19 @@ def make_geography(grid: LatLonGrid) -> Geography:
     return Geography(lsm=lsm, orography=orog, statics=statics)
 
 
+def _decadal_patterns(grid: LatLonGrid, rng: np.random.Generator, n: int) -> np.ndarray:
+    """n planetary-scale SST patterns: the first near-uniform (positive everywhere), the
+    others of zonal wavenumber <= 2; unit RMS."""
+    lat, lon = np.meshgrid(np.deg2rad(grid.lat), np.deg2rad(grid.lon), indexing="ij")
+    out = np.empty((n, *grid.shape))
+    out[0] = 0.6 + 0.4 * np.cos(lat)
+    for k in range(1, n):
+        m = int(rng.integers(0, 3))
+        a, b = rng.uniform(0, 2 * np.pi, 2)
+        out[k] = np.cos(lat) * np.cos(m * lon + a) * np.cos((1 + k % 2) * lat + b)
+    return out / np.sqrt(grid.mean(out**2))[:, None, None]
+
+
 def _patterns(grid: LatLonGrid, rng: np.random.Generator, n: int) -> np.ndarray:
     """n smooth unit-RMS global patterns (low zonal and meridional wavenumbers)."""
     lat, lon = np.meshgrid(np.deg2rad(grid.lat), np.deg2rad(grid.lon), indexing="ij")
@@ -138,6 +191,11 @@ class SyntheticWorld:
         n = len(months)
         self.enso = 0.9 * _ar1(rng, n, 1, 0.93)[:, 0]  # K, ~ Nino3.4 anomaly
         self.sst_noise = 0.3 / np.sqrt(N_PATTERNS) * _ar1(rng, n, N_PATTERNS, 0.8)
+        # slow modes: a near-uniform one and three planetary-scale ones (~5-year memory)
+        self.decadal = 0.2 * _ar1(rng, n, N_DECADAL, 0.985)
+        self.decadal_patterns = _decadal_patterns(grid, rng, N_DECADAL)
+        self.land_reach = OceanAverage(grid, self.geo.ocean, LAND_REACH_DEG)
+        self.broad_reach = OceanAverage(grid, self.geo.ocean, BROAD_REACH_DEG)
         self.years_since_1979 = (months - np.datetime64("1979-01", "M")).astype(float) / 12.0
         self.moy = P.month_of_year(months)
         self._planted_patterns()
@@ -158,7 +216,7 @@ class SyntheticWorld:
         self.enso_tas_land = 0.6 * _blob(lat, lon, 55, 250, 12, 25) - 0.4 * _blob(lat, lon, 30, 270, 8, 20)
         self.enso_pr = 3.0 * _blob(lat, lon, 0, 200, 8, 40) - 1.5 * _blob(lat, lon, -5, 125, 10, 20)  # mm/day
         self.enso_u = 3.0 * (_blob(lat, lon, 28, 210, 7, 40) + _blob(lat, lon, -28, 210, 7, 40))
-        # Known linear response to the global-mean ocean SST anomaly G (per K)
+        # Known linear responses per K of the surrounding (L) or large-scale (B) ocean anomaly
         s2 = np.sin(self.phi) ** 2
         self.resp_land = 1.4 + 0.8 * s2
         self.resp_ice = 1.8 + 1.0 * s2
@@ -178,18 +236,24 @@ class SyntheticWorld:
         return np.cos(2 * np.pi * (moy - 7) / 12.0)[:, None, None]
 
     def ocean_surface(self, sl: slice, sst_offset: float):
-        """SST (everywhere, K), sea ice (unperturbed), and G(t) for a block of months."""
+        """SST (everywhere, K), sea ice (unperturbed), the SST anomaly, and the ocean
+        anomaly felt by land and ice (L) and by the large scale (B) for a block of months;
+        a uniform offset dK shifts the anomaly, L and B by exactly dK over ocean."""
         moy = self.moy[sl]
         clim = self.sst_climatology(moy)
         trend = 0.015 * self.years_since_1979[sl][:, None, None]
         noise = np.einsum("tk,kij->tij", self.sst_noise[sl], self.patterns)
-        raw = clim + trend + self.enso[sl][:, None, None] * self.enso_sst + noise
+        slow = np.einsum("tk,kij->tij", self.decadal[sl], self.decadal_patterns)
+        raw = clim + trend + self.enso[sl][:, None, None] * self.enso_sst + slow + noise
         ice = np.clip((FREEZING_K + 1.0 - raw) / 3.0, 0.0, 1.0) * (1.0 - self.geo.lsm)
         sst = np.maximum(raw, FREEZING_K) + sst_offset
         anomaly = sst - np.maximum(clim, FREEZING_K)
-        ocean = self.geo.ocean.astype(float)
-        g = self.grid.mean(anomaly, mask=ocean)  # exactly +dK under a uniform offset
-        return sst, ice, anomaly, g
+        return sst, ice, anomaly, self.land_reach(anomaly), self.broad_reach(anomaly)
+
+    def global_index(self, sst_offset: float = 0.0) -> np.ndarray:
+        """G(t): the area-weighted global-mean ocean SST anomaly (K), every month."""
+        _, _, anomaly, _, _ = self.ocean_surface(slice(None), sst_offset)
+        return self.grid.mean(anomaly, mask=self.geo.ocean.astype(float))
 
     def drivers(self, realization: int) -> dict[str, np.ndarray]:
         """Internal variability of one realisation: NAO index and coherent noise per family."""
@@ -214,22 +278,22 @@ class SyntheticWorld:
         moy = self.moy[sl]
         ann = self.seasonal(moy)
         winter = np.where(lat > 0, -ann, ann)  # +1 in local mid-winter
-        sst, ice, sst_anom, g = self.ocean_surface(sl, sst_offset)
-        G = g[:, None, None]
+        sst, ice, sst_anom, L, B = self.ocean_surface(sl, sst_offset)
         E = self.enso[sl][:, None, None]
         N = drivers["nao"][sl][:, None, None] * (1.1 + 0.5 * np.cos(2 * np.pi * (moy - 1) / 12.0))[:, None, None]
         s2 = np.sin(phi) ** 2
 
-        # near-surface air temperature: ocean follows SST, land and ice follow G
+        # near-surface air temperature: open water follows the local SST, land and sea ice
+        # the surrounding ocean's anomaly L
         t_land = 300.0 - 45.0 * s2 + 14.0 * np.sin(phi) * ann * np.abs(np.sin(phi)) ** 0.5 - 0.0065 * h
         t_ice = 258.0 - 10.0 * winter * np.abs(np.sin(phi))
         open_water = sst - 1.0
-        ocean_air = (1.0 - ice) * open_water + ice * (t_ice + self.resp_ice * G)
-        anomaly = (lsm * (self.resp_land * G + E * self.enso_tas_land) + N * self.nao_tas
+        ocean_air = (1.0 - ice) * open_water + ice * (t_ice + self.resp_ice * L)
+        anomaly = (lsm * (self.resp_land * L + E * self.enso_tas_land) + N * self.nao_tas
                    + self._noise(drivers["t"][sl], 0.8) * (0.4 + lsm))
         tas = (1.0 - lsm) * ocean_air + lsm * t_land + anomaly
         ts = tas + (1.0 - lsm) * (1.0 - ice) * 1.0 + lsm * (1.0 + 1.5 * ann * np.sin(phi)) - 1.5 * ice
-        surface_anomaly = (1.0 - lsm) * (1.0 - ice) * sst_anom + (1.0 - lsm) * ice * self.resp_ice * G + anomaly
+        surface_anomaly = (1.0 - lsm) * (1.0 - ice) * sst_anom + (1.0 - lsm) * ice * self.resp_ice * L + anomaly
 
         # temperature profile: lapse rate in the troposphere, amplified response aloft
         height_km = 7.3 * np.log(1000.0 / LEVELS)
@@ -245,7 +309,7 @@ class SyntheticWorld:
                             + up_noise * (1.1 - p / 1000.0) - 0.8 * (p == 1000) * (1.0 - lsm))
             else:
                 t_strat = (193.0 + 25.0 * s2) if p == 100 else (205.0 + 15.0 * s2)
-                ta[:, k] = (t_strat + 10.0 * ann * np.sin(phi) * s2 - 0.3 * G
+                ta[:, k] = (t_strat + 10.0 * ann * np.sin(phi) * s2 - 0.3 * B
                             + 0.15 * surface_anomaly + 0.5 * up_noise)
 
         # humidity: relative humidity x saturation (Clausius-Clapeyron); dry stratosphere
@@ -263,7 +327,7 @@ class SyntheticWorld:
         # sea-level pressure: subtropical highs, subpolar lows, NAO dipole, ENSO (SO, PNA)
         psl = (101325.0 + 1000.0 * _gauss(np.abs(lat), 32, 10) - 1500.0 * _gauss(lat, 60, 10)
                - 2200.0 * _gauss(lat, -62, 8) + 1200.0 * lsm * winter * _gauss(lat, 52, 12)
-               + self.resp_psl * G + E * self.enso_psl + N * self.nao_psl + self._noise(drivers["p"][sl], 250.0))
+               + self.resp_psl * B + E * self.enso_psl + N * self.nao_psl + self._noise(drivers["p"][sl], 250.0))
         ps = psl * np.exp(-h / 8000.0)
         t_mean = ta[:, :4].mean(axis=1)  # 1000-500 hPa layer
         z500 = G0 * (0.083 * (psl - 100000.0) + 20.29 * t_mean)
@@ -281,7 +345,7 @@ class SyntheticWorld:
         va = np.empty_like(ta)
         for k, p in enumerate(LEVELS):
             f = vert[int(p)]
-            ua[:, k] = (f * (jet + self.resp_u * G + N * self.nao_u + E * self.enso_u + u_noise)
+            ua[:, k] = (f * (jet + self.resp_u * B + N * self.nao_u + E * self.enso_u + u_noise)
                         + low.get(int(p), 0.0) * trades)
             if p == 50:
                 ua[:, k] += 20.0 * winter * _gauss(np.abs(lat), 60, 10)
@@ -434,6 +498,11 @@ def write_truth(world: SyntheticWorld, drivers0: dict, realizations: int, sst_of
                                        attrs={"units": "K", "long_name": "planted ENSO-like SST index"})
     modes["nao_index"] = xr.DataArray(drivers0["nao"].astype(np.float32), dims="time",
                                       attrs={"units": "1", "long_name": "planted NAO-like index (realization 0)"})
+    # the other SST drivers, so that a score can take them out when it isolates ENSO
+    modes["decadal_index"] = xr.DataArray(world.decadal.astype(np.float32), dims=("time", "mode"),
+                                          attrs={"units": "K", "long_name": "slow large-scale SST modes"})
+    modes["global_sst_index"] = xr.DataArray(world.global_index(sst_offset).astype(np.float32), dims="time",
+                                             attrs={"units": "K", "long_name": "global-mean ocean SST anomaly"})
     for name, pert in (("enso", enso), ("nao", nao)):
         for var in V.variables(V.STATE) + ("sst",):
             pattern = np.nan_to_num((pert[var] - ref[var]).mean(axis=0))

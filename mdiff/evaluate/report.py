@@ -27,6 +27,8 @@ from mdiff.data.prepared import PreparedDataError, month_range
 from mdiff.evaluate import metrics as M
 from mdiff.evaluate import sources as S
 from mdiff.evaluate.figures import MapPanel, MapRow, Series, SeriesPanel, maps_figure, series_figure
+from mdiff.evaluate.oracle import Oracle, fit_oracle, sst_basis
+from mdiff.evaluate.targets import headline
 from mdiff.fileio import atomic_path, write_json
 from mdiff.grid import LatLonGrid
 
@@ -139,6 +141,11 @@ class Evaluation:
         self.sst = S.read_forcing_sst(inputs.forcing, self.months, self.grid)
         self.nino34 = M.nino34_index(self.grid, self.sst, self.months)
         self.nonfinite = dict.fromkeys(self.runs, 0)
+        # The linear oracle (mdiff.evaluate.oracle): fitted on the training months only.
+        train, validate = cfg.periods.train, cfg.periods.validate
+        self.oracle_periods = (tuple(train), tuple(validate))
+        self.oracle_basis = sst_basis(self.grid, self.sst, self.months, M.select_months(self.months, *train))
+        self.planted_drivers = self._planted_drivers() if self.synthetic else None
 
     def _check_channels(self) -> None:
         for key in ("variables", "enso_variables", "response_variables"):
@@ -170,11 +177,16 @@ class Evaluation:
             self.nonfinite[ens.name] += int((~np.isfinite(values)).sum())
         return values
 
+    def _oracle(self, ch: str, ref: np.ndarray) -> Oracle:
+        train, validate = self.oracle_periods
+        return fit_oracle(self.grid, self.sst, {ch: ref[0]}, self.months, train, validate, self.oracle_basis)
+
     def _channel(self, ch: str) -> None:
         e = self.ecfg
         em = self._read(self.runs[CONTROL], ch)
         ref = self._read(self.reference, ch)
         truth = self._read(self.truth, ch) if self.truth is not None else None
+        oracle = self._oracle(ch, ref)
         warmed_means, warmed_global = {}, {}
         if ch in e.variables or ch in e.response_variables:
             for exp in self.warmed:
@@ -184,14 +196,14 @@ class Evaluation:
                 del values
         if ch in e.variables:
             self._bias(ch, em, ref, truth)
-            self._trends_and_stability(ch, em, ref, truth, warmed_global)
+            self._trends_and_stability(ch, em, ref, truth, warmed_global, oracle)
             self._variability(ch, em, ref, truth)
         if ch in e.enso_variables:
-            self._enso(ch, em, ref, truth)
+            self._enso(ch, em, ref, truth, oracle)
         if ch == "psl":
             self._nao(em, ref, truth)
         if ch in e.response_variables and self.warmed:
-            self._response(ch, em, warmed_means)
+            self._response(ch, em, warmed_means, oracle)
 
     # ------------------------------------------------------------------- E1
 
@@ -220,11 +232,12 @@ class Evaluation:
 
     # ------------------------------------------------------------- E2 + stability
 
-    def _trends_and_stability(self, ch, em, ref, truth, warmed_global) -> None:
+    def _trends_and_stability(self, ch, em, ref, truth, warmed_global, oracle: Oracle) -> None:
         d = S.display(ch)
         gm = {CONTROL: M.area_mean(self.grid, em), "reference": M.area_mean(self.grid, ref)[0]}
         if truth is not None:
             gm["truth"] = M.area_mean(self.grid, truth)
+            gm["oracle"] = M.area_mean(self.grid, oracle.predict(ch, self.sst, self.months))
         anomalies = {k: M.monthly_anomalies(v, self.months, axis=-1) for k, v in gm.items()}
         for period in self.ecfg.periods:
             label = period_label(period)
@@ -242,6 +255,13 @@ class Evaluation:
                                 f"{d.units} decade-1", f"{what}: mean over the truth realisations")
                 self.scores.add(f"perfect.trend.{d.label}.{label}.truth_std", _std(trend["truth"]),
                                 f"{d.units} decade-1", f"{what}: standard deviation across truth realisations")
+                true_trend = float(np.mean(trend["truth"]))
+                for who in (CONTROL, "oracle"):
+                    name = "emulator" if who == CONTROL else "oracle"
+                    self.scores.add(f"perfect.trend.{d.label}.{label}.ratio_{name}",
+                                    float(np.mean(trend[who])) / true_trend if true_trend else None, "1",
+                                    f"{what}: {name} / mean of the truth realisations"
+                                    + (" (the linear oracle fitted on the training months)" if who == "oracle" else ""))
 
         # Stability: annual global means over the whole analysis period.
         years, _ = _annual(self.months, gm["reference"])
@@ -311,6 +331,30 @@ class Evaluation:
             series.append(Series("planted ENSO index", self.years, planted, color="0.4", style="--"))
         self.out.nino34 = SeriesPanel("Nino3.4 index of the forcing SST", "K", series)
 
+    def _planted_drivers(self) -> np.ndarray:
+        """Design matrix (T, K) of the world's known SST drivers over the analysis months: the
+        planted ENSO index first, then the slow modes and the global-mean SST anomaly (where
+        modes.nc has them), a linear trend and a constant."""
+        modes = Path(self.truth_dir) / "modes.nc"
+        columns = [S.read_series(modes, "enso_index", self.months, self.grid)[:, None]]
+        for name in ("decadal_index", "global_sst_index"):
+            try:
+                series = S.read_series(modes, name, self.months, self.grid)
+            except PreparedDataError:
+                continue
+            columns.append(series.reshape(series.shape[0], -1))
+        t = np.arange(self.months.size, dtype=np.float64)
+        columns += [(t - t.mean())[:, None] / t.size, np.ones((t.size, 1))]
+        return np.concatenate(columns, axis=1)
+
+    def _planted_regression(self, field: np.ndarray) -> np.ndarray:
+        """Coefficient map (H, W) of the planted ENSO index in a multiple regression of the
+        monthly anomalies of ``field`` (T, H, W) on all known SST drivers: ENSO with the other
+        modes (and the trend) taken out."""
+        x = M.monthly_anomalies(field, self.months, axis=-3).reshape(self.months.size, -1)
+        coef, *_ = np.linalg.lstsq(self.planted_drivers, x, rcond=None)
+        return coef[0].reshape(self.grid.shape)
+
     def _planted_enso(self, ch: str) -> np.ndarray:
         """The planted teleconnection of ``ch`` per kelvin of the Nino3.4 index."""
         modes = Path(self.truth_dir) / "modes.nc"
@@ -323,7 +367,7 @@ class Evaluation:
                                     f"expected a warm-phase pattern to normalise the teleconnections")
         return pattern / per_k
 
-    def _enso(self, ch, em, ref, truth) -> None:
+    def _enso(self, ch, em, ref, truth, oracle: Oracle) -> None:
         d = S.display(ch)
         reg_em = M.enso_regression(em.mean(axis=0, dtype=np.float64), self.months, self.nino34)
         reg_ref = M.enso_regression(ref[0], self.months, self.nino34)
@@ -355,6 +399,23 @@ class Evaluation:
                                 f"perfect model: amplitude of the {who} regression map along the planted "
                                 f"teleconnection per K of Nino3.4")
             panels.append(MapPanel("planted", planted))
+            # against the planted index itself, the other SST drivers regressed out
+            per_index = S.read_map(Path(self.truth_dir) / "modes.nc", f"enso_pattern_{V.channel(ch).variable}",
+                                   ch, self.grid)
+            maps = {"emulator": self._planted_regression(em.mean(axis=0, dtype=np.float64)),
+                    "truth": np.mean([self._planted_regression(r) for r in truth], axis=0),
+                    "oracle": self._planted_regression(oracle.predict(ch, self.sst, self.months))}
+            for who, reg in maps.items():
+                what = {"truth": "the truth realisations (mean map: the sampling ceiling)",
+                        "oracle": "the linear oracle's prediction"}.get(who, "the emulator (ensemble mean)")
+                self.scores.add(f"perfect.enso_planted.{d.label}.pattern_correlation_{who}",
+                                M.pattern_correlation(self.grid, reg, per_index), "1",
+                                f"perfect model: pattern correlation with the planted teleconnection of the "
+                                f"regression of {what} on the planted ENSO index, other SST drivers taken out")
+                self.scores.add(f"perfect.enso_planted.{d.label}.amplitude_ratio_{who}",
+                                M.amplitude_ratio(self.grid, reg, per_index), "1",
+                                f"perfect model: amplitude along the planted teleconnection (per unit index) of "
+                                f"the regression of {what} on the planted ENSO index, other SST drivers taken out")
         self.out.enso_rows.append(MapRow(d.label, units, panels))
 
     # ------------------------------------------------------------------- NAO
@@ -392,7 +453,7 @@ class Evaluation:
 
     # ------------------------------------------------------------------- E5
 
-    def _response(self, ch, em, warmed_means) -> None:
+    def _response(self, ch, em, warmed_means, oracle: Oracle) -> None:
         d = S.display(ch)
         control = em.mean(axis=(0, 1), dtype=np.float64)
         panels = []
@@ -414,6 +475,24 @@ class Evaluation:
                 self.scores.add(f"perfect.response.{d.label}.{exp}.sensitivity_truth",
                                 M.sensitivity_per_kelvin(self.grid, true, offset), f"{d.units} K-1",
                                 "perfect model: global-mean sensitivity per K of the exact response")
+                land = self.land >= 0.5
+                predicted = oracle.response(ch, offset)
+                for who, resp in (("", response), ("oracle_", predicted)):
+                    name = "the linear oracle's" if who else "the emulator's"
+                    for region, mask in (("land", land), ("ocean", ~land)):
+                        true_mean = float(M.area_mean(self.grid, true, mask))
+                        self.scores.add(f"perfect.response.{d.label}.{exp}.{who}{region}_ratio",
+                                        float(M.area_mean(self.grid, resp, mask)) / true_mean if true_mean else None,
+                                        "1", f"perfect model: {name} area-mean response over {region} "
+                                        f"(land fraction {'>=' if region == 'land' else '<'} 0.5) / the exact one")
+                    if who:
+                        self.scores.add(f"perfect.response.{d.label}.{exp}.oracle_pattern_correlation",
+                                        M.pattern_correlation(self.grid, resp, true), "1",
+                                        "perfect model: pattern correlation of the linear oracle's response "
+                                        "with the exact one (the ceiling of a linear fit to the training months)")
+                        self.scores.add(f"perfect.response.{d.label}.{exp}.oracle_amplitude_ratio",
+                                        M.amplitude_ratio(self.grid, resp, true), "1",
+                                        "perfect model: amplitude of the linear oracle's response along the exact one")
                 if exp == self.warmed[-1]:
                     panels.append(MapPanel(f"exact {exp}", true))
         if ch in self.ecfg.variables:
@@ -478,6 +557,21 @@ def build_html(ev: Evaluation, figs: dict[str, Path]) -> str:
     labels = [S.display(c) for c in e.variables]
     periods = [period_label(p) for p in e.periods]
     parts = []
+
+    if ev.synthetic:
+        rows = headline({k: v["value"] for k, v in s.items.items()})
+        if any(r["value"] is not None for r in rows):
+            parts.append("<h2>At a glance: the emulator against the known truth</h2><p>Perfect-model scores on "
+                         "the synthetic world (1 = right). Target: the range the default run must reach "
+                         "(green when met). Linear oracle: a linear regression of the state on the SST, fitted "
+                         "on the training months only: the ceiling that the training data allow a linear "
+                         "method (docs/science.md).</p>")
+            body = "".join(
+                f"<tr class=\"{'met' if r['met'] else 'missed'}\"><td>{html.escape(r['label'])}</td>"
+                f"<td>{_fmt(r['value'])}</td><td>{html.escape(r['target'])}</td><td>{_fmt(r['oracle'])}</td>"
+                f"<td>{'met' if r['met'] else 'missed'}</td></tr>" for r in rows)
+            parts.append("<table><tr><th>score</th><th>emulator</th><th>target</th><th>linear oracle</th>"
+                         f"<th></th></tr>{body}</table>")
 
     parts.append("<h2>E1: time-mean bias</h2><p>Area-weighted RMS (|lat| &le; "
                  f"{e.max_abs_lat}&deg;) and global mean of the ensemble-mean bias against the reference.</p>")

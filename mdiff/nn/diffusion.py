@@ -83,8 +83,16 @@ def member_noise(shape: tuple[int, ...], generators: torch.Generator | Sequence[
 
 
 def ancestral_sample(schedule: CosineSchedule, predict_v: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                     shape: tuple[int, ...], generators, device: torch.device) -> torch.Tensor:
-    """DDPM ancestral sampling with the posterior variance, T steps from pure noise to x_0."""
+                     shape: tuple[int, ...], generators, device: torch.device,
+                     variance: str = "posterior") -> torch.Tensor:
+    """DDPM ancestral sampling, T steps from pure noise to x_0.
+
+    ``variance``: "posterior" (beta~_t, MD v0.9) or "beta" (beta_t). With few steps the
+    posterior variance loses variance even for a perfect denoiser (15 cosine steps keep
+    0.78 of a unit Gaussian's variance); beta_t keeps it (Ho et al. 2020 discuss both).
+    """
+    if variance not in ("posterior", "beta"):
+        raise ValueError(f"sampler variance {variance!r}; expected 'posterior' or 'beta'")
     abar = schedule.alpha_bar
     x = member_noise(shape, generators, device)
     for step in range(schedule.steps, 0, -1):
@@ -95,6 +103,6 @@ def ancestral_sample(schedule: CosineSchedule, predict_v: Callable[[torch.Tensor
         a_t, a_prev = abar[step], abar[step - 1]
         beta = 1 - a_t / a_prev
         mean = (a_prev.sqrt() * beta / (1 - a_t)) * x0 + ((1 - beta).sqrt() * (1 - a_prev) / (1 - a_t)) * x
-        variance = beta * (1 - a_prev) / (1 - a_t)
-        x = mean + variance.sqrt() * member_noise(shape, generators, device)
+        var = beta * (1 - a_prev) / (1 - a_t) if variance == "posterior" else beta
+        x = mean + var.sqrt() * member_noise(shape, generators, device)
     return x

@@ -64,20 +64,58 @@ class SphereBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, cond_in_channels: int,
                  cond_out_channels: int, in_grid: SphereGrid, out_grid: SphereGrid, *,
-                 hidden: int, rank: int, embed_channels: int, mlp_ratio: float):
+                 hidden: int, rank: int, embed_channels: int, mlp_ratio: float, film_embed_channels: int = 0):
         super().__init__()
         self.embedding = nn.Parameter(0.1 * torch.randn(embed_channels, *in_grid.shape))
+        # learned maps on the output grid beside the conditioning of the norms: lets a block
+        # scale its features by position (a spectral conv alone is zonally equivariant)
+        self.film_embedding = (nn.Parameter(0.1 * torch.randn(film_embed_channels, *out_grid.shape))
+                               if film_embed_channels else None)
         width = in_channels + cond_in_channels + embed_channels
         self.spectral = SpectralConv(width, hidden, in_grid, out_grid, rank)
-        self.norm1 = ConditionalRMSNorm(hidden, cond_out_channels, out_grid)
+        self.norm1 = ConditionalRMSNorm(hidden, cond_out_channels + film_embed_channels, out_grid)
         self.mlp = PointwiseMLP(hidden, mlp_ratio)
-        self.norm2 = ConditionalRMSNorm(hidden, cond_out_channels, out_grid)
+        self.norm2 = ConditionalRMSNorm(hidden, cond_out_channels + film_embed_channels, out_grid)
         self.output = conv1x1(hidden, out_channels)
+
+    def film_conditioning(self, cond_out: torch.Tensor) -> torch.Tensor:
+        """What the norms' modulations read: the conditioning and the learned position maps."""
+        if self.film_embedding is None:
+            return cond_out
+        film = self.film_embedding.to(cond_out.dtype).expand(cond_out.shape[0], -1, -1, -1)
+        return torch.cat([cond_out, film], dim=1)
 
     def forward(self, x: torch.Tensor, cond_in: torch.Tensor, cond_out: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
         embedding = self.embedding.to(x.dtype).expand(batch, -1, -1, -1)
         h = self.spectral(torch.cat([x, cond_in.to(x.dtype), embedding], dim=1))
-        h = self.norm1(F.gelu(h), cond_out)
-        h = self.norm2(h + self.mlp(h), cond_out)
+        film = self.film_conditioning(cond_out)
+        h = self.norm1(F.gelu(h), film)
+        h = self.norm2(h + self.mlp(h), film)
         return self.output(h)
+
+
+class LinearForcingResponse(nn.Module):
+    """A map from forcing anomaly maps to the state that is linear in the forcing.
+
+    A spectral convolution (zonally equivariant, non-local: land feels the surrounding
+    ocean) to ``channels`` response maps, then per state channel a combination of them with
+    gains that vary with position (a 1x1 conv of the statics and learned maps). Being
+    linear, its response to +4 K is twice its response to +2 K: the forced response
+    extrapolates as a linear response does, where the normalised blocks saturate.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, static_channels: int, grid: SphereGrid, *,
+                 channels: int, rank: int, embed_channels: int = 4):
+        super().__init__()
+        self.out_channels, self.channels = out_channels, channels
+        self.spectral = SpectralConv(in_channels, channels, grid, grid, rank)
+        self.embedding = nn.Parameter(0.1 * torch.randn(embed_channels, *grid.shape))
+        self.gains = conv1x1(static_channels + embed_channels, out_channels * channels, zero=True)
+
+    def forward(self, forcing: torch.Tensor, statics: torch.Tensor) -> torch.Tensor:
+        """forcing (B, I, H, W), statics (S, H, W) -> (B, out_channels, H, W)."""
+        maps = self.spectral(forcing)
+        features = torch.cat([statics, self.embedding.to(statics.dtype)], dim=0)[None]
+        gains = self.gains(features).view(self.out_channels, self.channels, *maps.shape[-2:])
+        return torch.einsum("bkhw,ckhw->bchw", maps, gains.to(maps.dtype))

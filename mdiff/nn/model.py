@@ -35,7 +35,7 @@ from mdiff import variables as V
 from mdiff.config import ModelConfig
 from mdiff.grid import LatLonGrid
 from mdiff.nn.diffusion import CosineSchedule, TimeEmbedding, add_noise, ancestral_sample, v_target
-from mdiff.nn.layers import SphereBlock
+from mdiff.nn.layers import LinearForcingResponse, SphereBlock
 from mdiff.nn.seasonality import SeasonalityEmbedding
 from mdiff.nn.spectral import SphereGrid, TruncatedISHT, TruncatedSHT
 
@@ -44,17 +44,23 @@ LOGVAR_RANGE = (-12.0, 6.0)  # keeps exp(logvar) finite early in training
 
 @dataclass
 class Conditioning:
-    """Conditioning maps of one month: forcing (3), seasonality, statics (5).
+    """Conditioning maps of one month: forcing (3) [+ its global-mean SST anomaly], seasonality,
+    statics (5).
 
-    ``full`` lives on the model grid (B, K, H, W), ``latent`` on the latent grid (B, K, h, w).
+    ``full`` lives on the model grid (B, K, H, W), ``latent`` on the latent grid (B, K, h, w);
+    ``response`` (B, 37, H, W) is the linear forced response the decoder adds (or None).
     """
 
     full: torch.Tensor
     latent: torch.Tensor
+    response: torch.Tensor | None = None
 
     @property
     def batch(self) -> int:
         return self.full.shape[0]
+
+    def _map(self, fn) -> Conditioning:
+        return Conditioning(fn(self.full), fn(self.latent), None if self.response is None else fn(self.response))
 
     def broadcast(self, batch: int) -> Conditioning:
         """The same conditioning for ``batch`` members (a view, no copy)."""
@@ -63,14 +69,15 @@ class Conditioning:
         if self.batch != 1:
             raise ValueError(f"conditioning for {self.batch} samples cannot serve a batch of {batch}; "
                              "expected a batch of 1 (broadcast) or the same batch")
-        return Conditioning(self.full.expand(batch, -1, -1, -1), self.latent.expand(batch, -1, -1, -1))
+        return self._map(lambda x: x.expand(batch, -1, -1, -1))
 
     @staticmethod
     def cat(parts: Sequence[Conditioning]) -> Conditioning:
-        return Conditioning(torch.cat([p.full for p in parts]), torch.cat([p.latent for p in parts]))
+        response = None if parts[0].response is None else torch.cat([p.response for p in parts])
+        return Conditioning(torch.cat([p.full for p in parts]), torch.cat([p.latent for p in parts]), response)
 
     def to(self, *args, **kwargs) -> Conditioning:
-        return Conditioning(self.full.to(*args, **kwargs), self.latent.to(*args, **kwargs))
+        return self._map(lambda x: x.to(*args, **kwargs))
 
 
 class MonthlyDiffusion(nn.Module):
@@ -83,22 +90,34 @@ class MonthlyDiffusion(nn.Module):
         latent = SphereGrid.latent(grid, config.squeeze, config.latent_lmax)
         self.full_grid, self.latent_grid = full, latent
         c, k, t = config.latent_channels, self.cond_channels, config.time_embed_channels
-        e, ratio = config.embed_channels, config.mlp_ratio
+        e, ratio, f = config.embed_channels, config.mlp_ratio, config.film_embed_channels
         self.seasonality = SeasonalityEmbedding(config.seasonal_channels, config.seasonal_basis, full.shape)
         self.encoder = SphereBlock(V.N_STATE, 2 * c, k, k, full, latent, rank=config.encoder_rank,
-                                   hidden=config.hidden_channels, embed_channels=e, mlp_ratio=ratio)
+                                   hidden=config.hidden_channels, embed_channels=e, mlp_ratio=ratio,
+                                   film_embed_channels=f)
         self.decoder = SphereBlock(c, V.N_STATE, k, k, latent, full, rank=config.decoder_rank,
                                    hidden=config.decoder_hidden_channels or config.hidden_channels,
-                                   embed_channels=e, mlp_ratio=config.decoder_mlp_ratio or ratio)
+                                   embed_channels=e, mlp_ratio=config.decoder_mlp_ratio or ratio,
+                                   film_embed_channels=f)
         self.denoiser = SphereBlock(2 * c + t, c, k, k + t, latent, latent, rank=config.denoiser_rank,
                                     hidden=config.denoiser_hidden_channels or config.hidden_channels,
-                                    embed_channels=e, mlp_ratio=ratio)
+                                    embed_channels=e, mlp_ratio=ratio, film_embed_channels=f)
+        self.linear_forcing = (LinearForcingResponse(self.forcing_channels - 1, V.N_STATE, V.N_STATIC, full,
+                                                     channels=config.linear_forcing_channels,
+                                                     rank=config.linear_forcing_rank)
+                               if config.linear_forcing else None)
         self.time_embedding = TimeEmbedding(t, config.diffusion_steps)
         self.schedule = CosineSchedule(config.diffusion_steps, config.cosine_s)
         # Latent population mean/std: real parameters, trained and saved (METHOD.md defect 2).
         # The diffusion runs on the latent standardised by them.
-        self.latent_mean = nn.Parameter(torch.zeros(c))
-        self.latent_std = nn.Parameter(torch.ones(c))
+        # With latent_standardization "running" they are buffers: running statistics of the
+        # encoder means, updated in training, never pulled by a loss (docs/science.md).
+        if config.latent_standardization == "learned":
+            self.latent_mean = nn.Parameter(torch.zeros(c))
+            self.latent_std = nn.Parameter(torch.ones(c))
+        else:
+            self.register_buffer("latent_mean", torch.zeros(c))
+            self.register_buffer("latent_std", torch.ones(c))
         # Fixed spectral resampling of conditioning maps to the latent grid.
         self.to_latent_sht = TruncatedSHT(full, latent.lmax)
         self.to_latent_isht = TruncatedISHT(latent, latent.lmax)
@@ -106,11 +125,18 @@ class MonthlyDiffusion(nn.Module):
         self.register_buffer("statics_latent", torch.zeros(V.N_STATIC, *latent.shape))
         self.register_buffer("latent_area_weights", torch.as_tensor(latent.area_weights, dtype=torch.float32),
                              persistent=False)
+        self.register_buffer("area_weights", torch.as_tensor(full.area_weights, dtype=torch.float32),
+                             persistent=False)
 
     # ------------------------------------------------------------------ properties
     @property
+    def forcing_channels(self) -> int:
+        """The forcing maps: sst, siconc, sst_undefined [, the global-mean SST anomaly]."""
+        return V.N_FORCING + int(self.config.global_sst_input)
+
+    @property
     def cond_channels(self) -> int:
-        return V.N_FORCING + self.config.seasonal_channels + V.N_STATIC
+        return self.forcing_channels + self.config.seasonal_channels + V.N_STATIC
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -140,12 +166,25 @@ class MonthlyDiffusion(nn.Module):
         month = torch.as_tensor(month, device=forcing.device).reshape(-1)
         torch._check(month.shape[0] == forcing.shape[0], lambda: "one month per forcing sample expected")
         batch = forcing.shape[0]
+        if self.config.global_sst_input:
+            forcing = torch.cat([forcing, self.global_sst_map(forcing)], dim=1)
         season = self.seasonality(month).to(forcing.dtype)
         statics = self.statics.to(forcing.dtype).expand(batch, -1, -1, -1)
         full = torch.cat([forcing, season, statics], dim=1)
         latent = torch.cat([self.resample_to_latent(torch.cat([forcing, season], dim=1)),
                             self.statics_latent.to(forcing.dtype).expand(batch, -1, -1, -1)], dim=1)
-        return Conditioning(full, latent)
+        response = None
+        if self.linear_forcing is not None:  # every forcing map but the (fixed) land mask
+            varying = torch.cat([forcing[:, :2], forcing[:, 3:]], dim=1)
+            response = self.linear_forcing(varying, self.statics.to(forcing.dtype))
+        return Conditioning(full, latent, response)
+
+    def global_sst_map(self, forcing: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W): the area-weighted mean of the SST map over ocean (in the forcing's
+        normalised units: with the anomaly normalisation, the global-mean SST anomaly)."""
+        w = self.area_weights.to(forcing.dtype) * (1 - forcing[:, 2])
+        g = (forcing[:, 0] * w).sum(dim=(-2, -1)) / w.sum(dim=(-2, -1)).clamp_min(1e-12)
+        return g[:, None, None, None].expand(-1, 1, *forcing.shape[-2:])
 
     def encode(self, state: torch.Tensor, cond: Conditioning) -> tuple[torch.Tensor, torch.Tensor]:
         """State (B, 37, H, W) of month t with month t's conditioning -> (mu, logvar) (B, C, h, w)."""
@@ -156,7 +195,8 @@ class MonthlyDiffusion(nn.Module):
     def decode(self, latent: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """Latent (B, C, h, w) of a month with *that month's* conditioning -> state (B, 37, H, W)."""
         cond = cond.broadcast(latent.shape[0])
-        return self.decoder(latent, cond.latent, cond.full)
+        state = self.decoder(latent, cond.latent, cond.full)
+        return state if cond.response is None else state + cond.response.to(state.dtype)
 
     def sample_next(self, latent: torch.Tensor, cond_next: Conditioning,
                     generator: torch.Generator | Sequence[torch.Generator]) -> torch.Tensor:
@@ -171,7 +211,8 @@ class MonthlyDiffusion(nn.Module):
         def predict(x, t):
             return self.predict_v(x, t, prior, cond_next.latent)
 
-        x0 = ancestral_sample(self.schedule, predict, tuple(latent.shape), generator, latent.device)
+        x0 = ancestral_sample(self.schedule, predict, tuple(latent.shape), generator, latent.device,
+                              self.config.sampler_variance)
         return self.unstandardise(x0)
 
     # ------------------------------------------------------------------ pieces
@@ -183,6 +224,21 @@ class MonthlyDiffusion(nn.Module):
 
     def _latent_std(self) -> torch.Tensor:
         return self.latent_std.abs() + 1e-3
+
+    @torch.no_grad()
+    def track_latent_statistics(self, mu: torch.Tensor, momentum: float) -> None:
+        """Move the running latent mean/std towards the batch's area-weighted channel
+        statistics of the encoder means (latent_standardization: running)."""
+        if isinstance(self.latent_mean, nn.Parameter):
+            return
+        moments = torch.stack([self.area_mean(mu).mean(dim=0), self.area_mean(mu.square()).mean(dim=0)])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # the statistics of the global batch, so that DDP equals one process on it
+            torch.distributed.all_reduce(moments)
+            moments /= torch.distributed.get_world_size()
+        mean, var = moments[0], (moments[1] - moments[0].square()).clamp_min(0)
+        self.latent_mean.lerp_(mean.float(), momentum)
+        self.latent_std.lerp_(var.sqrt().float(), momentum)
 
     def predict_v(self, x_t: torch.Tensor, t: torch.Tensor, prior: torch.Tensor,
                   cond_latent: torch.Tensor) -> torch.Tensor:
@@ -197,10 +253,14 @@ class MonthlyDiffusion(nn.Module):
         return (x * self.latent_area_weights.to(x.dtype)).sum(dim=(-2, -1))
 
     # ------------------------------------------------------------------ training objective
+    # set by mdiff.train from the train config (not part of the architecture)
+    grad_to_encoder: bool = True
+    latent_momentum: float = 0.01
+
     def forward(self, batch: dict[str, torch.Tensor], noise: TrainingNoise,
                 state_weights: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-sample loss terms (B,) of the joint objective; see ``training_losses``."""
-        return training_losses(self, batch, noise, state_weights)
+        return training_losses(self, batch, noise, state_weights, self.grad_to_encoder)
 
 
 @dataclass
@@ -253,7 +313,7 @@ def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor, model: Monthly
 
 
 def training_losses(model: MonthlyDiffusion, batch: dict[str, torch.Tensor], noise: TrainingNoise,
-                    state_weights: torch.Tensor) -> dict[str, torch.Tensor]:
+                    state_weights: torch.Tensor, grad_to_encoder: bool = True) -> dict[str, torch.Tensor]:
     """The joint objective, per sample (B,): reconstruction (area-weighted with
     ``state_weights``), v-prediction, KL and latent population terms.
 
@@ -270,7 +330,10 @@ def training_losses(model: MonthlyDiffusion, batch: dict[str, torch.Tensor], noi
     z = mu + (0.5 * logvar).exp() * torch.cat([noise.eps, noise.eps_next])
     recon = weighted_mse(model.decode(z, both), states, state_weights)
 
-    prior, target = model.standardise(z[:b]), model.standardise(mu[b:])
+    if model.training and not isinstance(model.latent_mean, nn.Parameter):
+        model.track_latent_statistics(mu, model.latent_momentum)
+    diffusion_prior, diffusion_target = (z[:b], mu[b:]) if grad_to_encoder else (z[:b].detach(), mu[b:].detach())
+    prior, target = model.standardise(diffusion_prior), model.standardise(diffusion_target)
     x_t = add_noise(model.schedule, target, noise.eps_diffusion, noise.step)
     v = model.predict_v(x_t, noise.step, prior, cond_next.latent)
     diffusion = model.area_mean((v - v_target(model.schedule, target, noise.eps_diffusion, noise.step)).square())
@@ -282,7 +345,8 @@ def training_losses(model: MonthlyDiffusion, batch: dict[str, torch.Tensor], noi
         "reconstruction": pair_mean(recon),
         "diffusion": diffusion.mean(dim=1),
         "kl": pair_mean(kl_to_standard_normal(mu, logvar, model)),
-        "latent_stats": pair_mean(latent_stats_loss(model, mu)),
+        "latent_stats": (pair_mean(latent_stats_loss(model, mu)) if isinstance(model.latent_mean, nn.Parameter)
+                         else torch.zeros_like(recon[:b])),
     }
 
 

@@ -15,7 +15,7 @@ YEARS = list(range(int(CFG.periods.run_start[:4]), int(CFG.periods.run_end[:4]) 
 PREPARED_STATE = expand(f"{RESULTS}/prepared/state/{{year}}.nc", year=YEARS)
 PREPARED_FORCING = f"{RESULTS}/prepared/forcing.nc"
 PREPARED_STATICS = f"{RESULTS}/prepared/statics.nc"
-NORMALIZATION = f"{RESULTS}/stats/normalization.json"
+NORMALIZATION = f"{RESULTS}/stats/normalization.nc"
 
 
 def state_files(*periods):

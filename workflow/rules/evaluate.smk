@@ -29,7 +29,7 @@ rule evaluate:
         scores=f"{REPORT}/scores.json",
         figures=directory(f"{REPORT}/figures"),
     params:
-        settings=settings("grid", "source", "evaluate"),
+        settings=settings("grid", "periods", "source", "evaluate"),
         truth=lambda w, input: f"--truth {os.path.dirname(input.truth[0])}" if input.truth else "",
         output=lambda w, output: os.path.dirname(output.html),
     log:
