@@ -5,7 +5,7 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 PYTEST_ARGS ?=
 SNAKEMAKE_ARGS ?=
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench science clean
 
 setup:
 	@bash scripts/setup.sh
@@ -26,6 +26,13 @@ bench: setup
 	mdiff bench regrid
 	mdiff bench train --model config/model/md15.yaml
 	for n in 1 5 10 50; do mdiff bench rollout --model config/model/md15.yaml --members $$n --months 4 --threads 2; done
+
+# The perfect-model benchmark of docs/science.md: world, training, control/+2K/+4K ensembles,
+# scores against the known truth (last line: JSON). `make science SETTING=long SEED=1`.
+SETTING ?= default
+SEED ?= 0
+science: setup
+	mdiff bench science --setting $(SETTING) --seed $(SEED)
 
 clean:
 	rm -rf results .snakemake

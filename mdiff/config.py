@@ -280,15 +280,22 @@ class ModelConfig:
     # anomaly: fields minus their monthly climatology, over the anomaly std; global: MD v0.9's
     # one mean/std per channel
     normalization: Literal["anomaly", "global"] = "anomaly"
-    global_sst_input: bool = True  # the global-mean ocean SST anomaly as a conditioning map
+    # The global-mean ocean SST anomaly G. linear: the networks see the SST pattern (SST minus
+    # G over ocean) and only the linear forcing path sees G, so a uniform warming acts through
+    # a linear map (its training-time variance is tiny: no network can learn a nonlinear
+    # response to it); input: G as one more conditioning map; none: MD v0.9
+    global_sst: Literal["linear", "input", "none"] = "linear"
     # a linear map from the forcing to the decoded state (spectral conv x learned
     # position-dependent gains): the forced response extrapolates linearly to +2K/+4K
     linear_forcing: bool = True
     linear_forcing_channels: int = 8
     linear_forcing_rank: int = 32  # spectral rank of that map (a smooth, large-scale response)
-    # running: the diffusion runs on the latent standardised by running statistics of the
-    # encoder means (buffers); learned: MD v0.9's trained mean/std parameters
-    latent_standardization: Literal["running", "learned"] = "running"
+    # pca: the diffusion runs on the latent whitened by its principal components (recomputed
+    # from the encoder means of the training months every epoch): white noise then already has
+    # the latent's covariance; running: per-channel running mean/std (buffers); learned:
+    # MD v0.9's trained mean/std parameters (the denoising loss shrinks them)
+    latent_standardization: Literal["pca", "running", "learned"] = "pca"
+    latent_eofs: int = 128  # principal components whitened (the rest shares one scale)
     # beta: ancestral steps with variance beta_t (keeps the variance of the data);
     # posterior: MD v0.9's posterior variance (under-disperses with 15 steps)
     sampler_variance: Literal["beta", "posterior"] = "beta"
@@ -305,22 +312,28 @@ class ModelConfig:
         for name in ("decoder_hidden_channels", "denoiser_hidden_channels", "latent_lmax"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"model.{name} = {getattr(self, name)}; expected >= 1 or null")
-        if self.linear_forcing_channels < 1 or self.linear_forcing_rank < 1 or self.film_embed_channels < 0:
-            raise ConfigError("model.linear_forcing_channels and linear_forcing_rank must be >= 1 and "
-                              "model.film_embed_channels >= 0")
+        if self.linear_forcing_channels < 1 or self.linear_forcing_rank < 1 or self.film_embed_channels < 0 \
+                or self.latent_eofs < 0:
+            raise ConfigError("model.linear_forcing_channels and linear_forcing_rank must be >= 1, "
+                              "model.film_embed_channels and latent_eofs >= 0")
+        if self.global_sst == "linear" and not self.linear_forcing:
+            raise ConfigError("model.global_sst: linear needs model.linear_forcing: true (G reaches the "
+                              "state only through the linear forcing path)")
         if self.decoder_mlp_ratio is not None and self.decoder_mlp_ratio <= 0:
             raise ConfigError(f"model.decoder_mlp_ratio = {self.decoder_mlp_ratio}; expected > 0 or null")
 
 
 # What a model config written before a key existed meant: MD v0.9's choices. Checkpoints
 # whose stored config lacks a key load with these values (not with today's defaults).
-MD_V09_MODEL = {"normalization": "global", "global_sst_input": False, "linear_forcing": False,
+MD_V09_MODEL = {"normalization": "global", "global_sst": "none", "linear_forcing": False,
                 "latent_standardization": "learned", "sampler_variance": "posterior", "film_embed_channels": 0}
 
 
 @dataclass
 class LossWeights:
     reconstruction: float = 1.0
+    # the linear forcing path's own least-squares fit to the state (model.linear_forcing)
+    forcing_regression: float = 1.0
     diffusion: float = 0.5
     kl: float = 5e-3
     latent_stats: float = 1e-2

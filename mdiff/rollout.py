@@ -785,7 +785,7 @@ class FastKernels:
             self.denoiser = _FastBlock(model.denoiser, bf16)
             self.decoder = _FastBlock(model.decoder, bf16)
             h, w = model.latent_grid.shape
-            t = torch.arange(self.steps + 1, device=model.latent_mean.device)
+            t = torch.arange(self.steps + 1, device=model.latent_center.device)
             # time maps (1, T, h, w) per diffusion step, and their spectral part (after x_t, prior)
             emb = model.time_embedding(t).float()
             self.time_maps = [emb[s][None, :, None, None].expand(1, -1, h, w) for s in range(self.steps + 1)]

@@ -59,7 +59,8 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 def run(setting: str, seed: int, workdir: Path, sets: list[str], world_seed: int = 0,
-        members: int = 5, epochs: int | None = None, model_path: str | None = None) -> dict:
+        members: int = 5, epochs: int | None = None, model_path: str | None = None,
+        grid_text: str | None = None) -> dict:
     """The whole benchmark; returns {"headline": rows, "scores": {name: value}, "timings": ...}."""
     import torch
 
@@ -76,6 +77,9 @@ def run(setting: str, seed: int, workdir: Path, sets: list[str], world_seed: int
     cfg.synthetic.seed = world_seed
     cfg.rollout.seed = 20250101 + seed
     cfg.rollout.members = cfg.rollout.member_batch = members
+    if grid_text:
+        nlat, nlon = (int(n) for n in grid_text.split("x"))
+        cfg.grid = C.GridConfig(nlat, nlon)
     grid = LatLonGrid(cfg.grid.nlat, cfg.grid.nlon)
     model_path = model_path or SETTINGS[setting]
     with open(model_path) as f:
@@ -100,10 +104,13 @@ def run(setting: str, seed: int, workdir: Path, sets: list[str], world_seed: int
     timings["world"] = time.perf_counter() - t0
     state_files = sorted((prepared / "state").glob("*.nc"))
 
-    digest = hashlib.sha256(json.dumps(model_data, sort_keys=True).encode()).hexdigest()[:8]
+    # the resolved configs (defaults included): a changed default is a new run
+    what = {"model": C.to_dict(model_file), "grid": [grid.nlat, grid.nlon], "members": members,
+            "world_seed": world_seed}
+    digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:8]
     run_dir = workdir / f"run_{setting}_seed{seed}_{digest}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "model.yaml").write_text(yaml.safe_dump(model_data, sort_keys=False))
+    (run_dir / "model.yaml").write_text(yaml.safe_dump(C.to_dict(model_file), sort_keys=False))
     t0 = time.perf_counter()
     checkpoint = run_dir / "model" / "checkpoint.pt"
     if not checkpoint.exists():
@@ -148,7 +155,7 @@ def bench_science(args) -> None:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     result = run(args.setting, args.seed, Path(args.workdir), args.set or [], args.world_seed, args.members,
-                 args.epochs, args.model)
+                 args.epochs, args.model, args.grid)
     width = max(len(r["label"]) for r in result["headline"])
     print(f"science benchmark, setting {args.setting}, seed {args.seed}, {time.perf_counter() - t0:.0f} s "
           f"({', '.join(f'{k} {v:.0f} s' for k, v in result['timings_s'].items())}); {result['run_dir']}")
@@ -173,4 +180,5 @@ ARGUMENTS = [
     (("--epochs",), {"type": int, "help": "override train.epochs"}),
     (("--model",), {"help": "model config YAML (default: the setting's)"}),
     (("--threads",), {"type": int, "default": 0, "help": "torch threads (0: default)"}),
+    (("--grid",), {"help": "NLATxNLON (default: config/config.yaml's, 37x72)"}),
 ]

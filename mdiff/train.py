@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: Slurm and Snakemake see a failed (requeueable) job
-LOSS_TERMS = ("reconstruction", "diffusion", "kl", "latent_stats")
+LOSS_TERMS = ("reconstruction", "forcing_regression", "diffusion", "kl", "latent_stats")
 SELECTION_RULE = ("lowest validation score = reconstruction weight x reconstruction MSE + "
                   "diffusion weight x v-prediction MSE, of the EMA model")
 
@@ -242,6 +242,23 @@ def validate(ema: MonthlyDiffusion, dataset: MonthPairDataset, area_weights: tor
     sums = all_reduce_sum(sums, dist)
     count = max(float(sums[-1]), 1.0)
     return {n: float(sums[i]) / count for i, n in enumerate(names)}
+
+
+@torch.no_grad()
+def refresh_latent_basis(ema: MonthlyDiffusion, model: MonthlyDiffusion, dataset: MonthPairDataset,
+                         device: torch.device, batch_size: int) -> None:
+    """latent_standardization pca: the whitening basis from the EMA encoder's means of every
+    training month, set on both models (the same data on every process: DDP stays in step)."""
+    if model.config.latent_standardization != "pca":
+        return
+    ema.eval()
+    means = []
+    for k in range(0, len(dataset), batch_size):
+        batch = to_device(dataset.batch(range(k, min(k + batch_size, len(dataset)))), device)
+        means.append(ema.encode(batch["state"], ema.conditioning(batch["forcing"], batch["month"]))[0])
+    ema.set_latent_basis(torch.cat(means))
+    for name in ("latent_center", "latent_eofs", "latent_eof_scale", "latent_residual_scale"):
+        getattr(model, name).copy_(getattr(ema, name))
 
 
 def selection_score(metrics: dict[str, float], weights: C.LossWeights) -> float:
@@ -531,6 +548,8 @@ def train(opts: TrainOptions, stop: _StopFlag | None = None) -> int:
 
     for epoch in range(progress.epoch, tc.epochs):
         started = time.perf_counter()
+        if progress.batch == 0:  # (a resumed epoch has its basis in last.pt)
+            refresh_latent_basis(ema, model, train_set, device, tc.batch_size)
         batches = epoch_batches(len(train_set), global_batch, tc.seed, epoch)
         bar = tqdm(range(progress.batch, len(batches)), desc=f"epoch {epoch + 1}/{tc.epochs}",
                    disable=not dist.main, leave=False, mininterval=2.0)

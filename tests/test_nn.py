@@ -181,7 +181,9 @@ def test_defect2_latent_population_parameters_are_saved_and_trained():
 def test_running_latent_statistics_and_detached_diffusion():
     """latent_standardization: running keeps buffers (saved) that track the encoder means, and
     with grad_to_encoder off the denoising loss leaves the encoder's gradient untouched."""
-    model = tiny_model()
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(TINY, latent_standardization="running"), GRID)
+    model.set_statics(torch.randn(V.N_STATIC, *GRID.shape))
     assert "latent_mean" in model.state_dict() and "latent_mean" not in dict(model.named_parameters())
     noise = draw_training_noise(model, [torch.Generator().manual_seed(i) for i in range(2)])
     before = model.latent_std.clone()
@@ -197,6 +199,25 @@ def test_running_latent_statistics_and_detached_diffusion():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
 
 
+def test_pca_whitening_round_trip_and_white_covariance():
+    """latent_standardization pca: the whitened training latents have unit covariance along the
+    kept principal directions, and unstandardise inverts standardise exactly."""
+    model = tiny_model()
+    g = torch.Generator().manual_seed(3)
+    shape = model.latent_shape
+    mixing = torch.randn(6, int(torch.tensor(shape).prod()), generator=g)
+    latents = (torch.randn(200, 6, generator=g) * torch.tensor([9.0, 5, 3, 2, 1, 0.5]) @ mixing).view(200, *shape)
+    latents = latents + 0.1 * torch.randn(latents.shape, generator=g)  # full rank, as encoder means are
+    model.set_latent_basis(latents + 2.0)
+    y = model.standardise(latents + 2.0).flatten(1)
+    cov = (y.T @ y) / y.shape[0]
+    eofs = model.latent_eofs[:6]
+    along = eofs @ cov @ eofs.T
+    assert torch.allclose(along, torch.eye(6), atol=2e-2)
+    x = torch.randn(3, *shape, generator=g)
+    assert torch.allclose(model.unstandardise(model.standardise(x)), x, atol=1e-3)
+
+
 def test_linear_forcing_response_is_linear():
     """The decoder's forcing path: twice the forcing anomaly gives twice the response."""
     model = tiny_model()
@@ -205,6 +226,7 @@ def test_linear_forcing_response_is_linear():
             p.normal_()
         forcing = torch.randn(1, V.N_FORCING, *GRID.shape)
         forcing[:, 2] = (forcing[:, 2] > 0).float()
+        forcing[:, 0] *= 1 - forcing[:, 2]
         month = torch.tensor([5])
         base, doubled = forcing.clone(), forcing.clone()
         base[:, :2] = 0

@@ -91,10 +91,13 @@ def ancestral_sample(schedule: CosineSchedule, predict_v: Callable[[torch.Tensor
     posterior variance loses variance even for a perfect denoiser (15 cosine steps keep
     0.78 of a unit Gaussian's variance); beta_t keeps it (Ho et al. 2020 discuss both).
     """
+    def noise() -> torch.Tensor:
+        return member_noise(shape, generators, device)
+
     if variance not in ("posterior", "beta"):
         raise ValueError(f"sampler variance {variance!r}; expected 'posterior' or 'beta'")
     abar = schedule.alpha_bar
-    x = member_noise(shape, generators, device)
+    x = noise()
     for step in range(schedule.steps, 0, -1):
         t = torch.full((shape[0],), step, dtype=torch.long, device=device)
         x0 = x0_from_v(schedule, x, predict_v(x, t), t)
@@ -104,5 +107,5 @@ def ancestral_sample(schedule: CosineSchedule, predict_v: Callable[[torch.Tensor
         beta = 1 - a_t / a_prev
         mean = (a_prev.sqrt() * beta / (1 - a_t)) * x0 + ((1 - beta).sqrt() * (1 - a_prev) / (1 - a_t)) * x
         var = beta * (1 - a_prev) / (1 - a_t) if variance == "posterior" else beta
-        x = mean + var.sqrt() * member_noise(shape, generators, device)
+        x = mean + var.sqrt() * noise()
     return x

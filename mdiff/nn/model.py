@@ -102,7 +102,8 @@ class MonthlyDiffusion(nn.Module):
         self.denoiser = SphereBlock(2 * c + t, c, k, k + t, latent, latent, rank=config.denoiser_rank,
                                     hidden=config.denoiser_hidden_channels or config.hidden_channels,
                                     embed_channels=e, mlp_ratio=ratio, film_embed_channels=f)
-        self.linear_forcing = (LinearForcingResponse(self.forcing_channels - 1, V.N_STATE, V.N_STATIC, full,
+        # the linear path reads sst, siconc and the G map (not the fixed land mask)
+        self.linear_forcing = (LinearForcingResponse(V.N_FORCING, V.N_STATE, V.N_STATIC, full,
                                                      channels=config.linear_forcing_channels,
                                                      rank=config.linear_forcing_rank)
                                if config.linear_forcing else None)
@@ -111,20 +112,27 @@ class MonthlyDiffusion(nn.Module):
         # Latent population mean/std: real parameters, trained and saved (METHOD.md defect 2).
         # The diffusion runs on the latent standardised by them.
         # With latent_standardization "running" they are buffers: running statistics of the
-        # encoder means, updated in training, never pulled by a loss (docs/science.md).
+        # encoder means, updated in training, never pulled by a loss; with "pca" the latent is
+        # whitened by its principal components (``set_latent_basis``; docs/science.md).
         if config.latent_standardization == "learned":
             self.latent_mean = nn.Parameter(torch.zeros(c))
             self.latent_std = nn.Parameter(torch.ones(c))
         else:
             self.register_buffer("latent_mean", torch.zeros(c))
             self.register_buffer("latent_std", torch.ones(c))
+        size = c * latent.nlat * latent.nlon
+        k = min(config.latent_eofs, size) if config.latent_standardization == "pca" else 0
+        self.register_buffer("latent_center", torch.zeros(c, *latent.shape))
+        self.register_buffer("latent_eofs", torch.zeros(k, size))
+        self.register_buffer("latent_eof_scale", torch.ones(k))
+        self.register_buffer("latent_residual_scale", torch.ones(()))
         # Fixed spectral resampling of conditioning maps to the latent grid.
         self.to_latent_sht = TruncatedSHT(full, latent.lmax)
         self.to_latent_isht = TruncatedISHT(latent, latent.lmax)
-        self.register_buffer("statics", torch.zeros(V.N_STATIC, *full.shape))
-        self.register_buffer("statics_latent", torch.zeros(V.N_STATIC, *latent.shape))
         self.register_buffer("latent_area_weights", torch.as_tensor(latent.area_weights, dtype=torch.float32),
                              persistent=False)
+        self.register_buffer("statics", torch.zeros(V.N_STATIC, *full.shape))
+        self.register_buffer("statics_latent", torch.zeros(V.N_STATIC, *latent.shape))
         self.register_buffer("area_weights", torch.as_tensor(full.area_weights, dtype=torch.float32),
                              persistent=False)
 
@@ -132,7 +140,7 @@ class MonthlyDiffusion(nn.Module):
     @property
     def forcing_channels(self) -> int:
         """The forcing maps: sst, siconc, sst_undefined [, the global-mean SST anomaly]."""
-        return V.N_FORCING + int(self.config.global_sst_input)
+        return V.N_FORCING + int(self.config.global_sst == "input")
 
     @property
     def cond_channels(self) -> int:
@@ -166,17 +174,20 @@ class MonthlyDiffusion(nn.Module):
         month = torch.as_tensor(month, device=forcing.device).reshape(-1)
         torch._check(month.shape[0] == forcing.shape[0], lambda: "one month per forcing sample expected")
         batch = forcing.shape[0]
-        if self.config.global_sst_input:
-            forcing = torch.cat([forcing, self.global_sst_map(forcing)], dim=1)
+        g = self.global_sst_map(forcing)
+        response = None
+        if self.linear_forcing is not None:
+            response = self.linear_forcing(torch.cat([forcing[:, :2], g], dim=1), self.statics.to(forcing.dtype))
+        if self.config.global_sst == "input":
+            forcing = torch.cat([forcing, g], dim=1)
+        elif self.config.global_sst == "linear":  # the networks see the pattern: SST minus G over ocean
+            ocean = 1 - forcing[:, 2:3]
+            forcing = torch.cat([forcing[:, :1] - g * ocean, forcing[:, 1:]], dim=1)
         season = self.seasonality(month).to(forcing.dtype)
         statics = self.statics.to(forcing.dtype).expand(batch, -1, -1, -1)
         full = torch.cat([forcing, season, statics], dim=1)
         latent = torch.cat([self.resample_to_latent(torch.cat([forcing, season], dim=1)),
                             self.statics_latent.to(forcing.dtype).expand(batch, -1, -1, -1)], dim=1)
-        response = None
-        if self.linear_forcing is not None:  # every forcing map but the (fixed) land mask
-            varying = torch.cat([forcing[:, :2], forcing[:, 3:]], dim=1)
-            response = self.linear_forcing(varying, self.statics.to(forcing.dtype))
         return Conditioning(full, latent, response)
 
     def global_sst_map(self, forcing: torch.Tensor) -> torch.Tensor:
@@ -189,6 +200,8 @@ class MonthlyDiffusion(nn.Module):
     def encode(self, state: torch.Tensor, cond: Conditioning) -> tuple[torch.Tensor, torch.Tensor]:
         """State (B, 37, H, W) of month t with month t's conditioning -> (mu, logvar) (B, C, h, w)."""
         cond = cond.broadcast(state.shape[0])
+        if cond.response is not None:  # the CVAE sees what the linear forcing response leaves
+            state = state - cond.response.to(state.dtype)
         mu, logvar = self.encoder(state, cond.full, cond.latent).chunk(2, dim=1)
         return mu, logvar.clamp(*LOGVAR_RANGE)
 
@@ -217,19 +230,53 @@ class MonthlyDiffusion(nn.Module):
 
     # ------------------------------------------------------------------ pieces
     def standardise(self, latent: torch.Tensor) -> torch.Tensor:
+        """The latent as the diffusion sees it: per-channel standardised, or PCA-whitened."""
+        if self.config.latent_standardization == "pca":
+            x = (latent - self.latent_center).flatten(1)
+            coeffs = x @ self.latent_eofs.T  # (B, K)
+            inside = (coeffs / self.latent_eof_scale) @ self.latent_eofs
+            return (inside + (x - coeffs @ self.latent_eofs) / self.latent_residual_scale).view_as(latent)
         return (latent - self.latent_mean.view(1, -1, 1, 1)) / self._latent_std().view(1, -1, 1, 1)
 
     def unstandardise(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.latent_standardization == "pca":
+            y = x.flatten(1)
+            coeffs = y @ self.latent_eofs.T
+            inside = (coeffs * self.latent_eof_scale) @ self.latent_eofs
+            return (inside + (y - coeffs @ self.latent_eofs) * self.latent_residual_scale).view_as(x) \
+                + self.latent_center
         return x * self._latent_std().view(1, -1, 1, 1) + self.latent_mean.view(1, -1, 1, 1)
 
     def _latent_std(self) -> torch.Tensor:
         return self.latent_std.abs() + 1e-3
 
     @torch.no_grad()
+    def set_latent_basis(self, latents: torch.Tensor) -> None:
+        """PCA whitening from encoder means (N, C, h, w) of the training months: the mean, the
+        leading principal directions and their standard deviations, and one standard
+        deviation for everything else (symmetric whitening: the whitened latent keeps the
+        latent's geography, so the denoiser's spatial structure still applies)."""
+        n = latents.shape[0]
+        center = latents.mean(dim=0)
+        x = (latents - center).flatten(1).double()
+        _, s, vt = torch.linalg.svd(x, full_matrices=False)
+        variance = s.square() / n
+        floor = 1e-6 * float(variance[0]) if variance.numel() else 1e-12
+        # directions with (numerically) no variance go with the rest, under one floored scale
+        k = min(self.latent_eofs.shape[0], int((variance > floor).sum()))
+        residual = (variance[k:].sum() / max(x.shape[1] - k, 1)).clamp_min(max(floor, 1e-12))
+        self.latent_center.copy_(center)
+        self.latent_eofs.zero_()
+        self.latent_eofs[:k] = vt[:k].float()
+        self.latent_eof_scale.fill_(1.0)
+        self.latent_eof_scale[:k] = variance[:k].clamp_min(1e-12).sqrt().float()
+        self.latent_residual_scale.fill_(float(residual.sqrt()))
+
+    @torch.no_grad()
     def track_latent_statistics(self, mu: torch.Tensor, momentum: float) -> None:
         """Move the running latent mean/std towards the batch's area-weighted channel
         statistics of the encoder means (latent_standardization: running)."""
-        if isinstance(self.latent_mean, nn.Parameter):
+        if self.config.latent_standardization != "running":
             return
         moments = torch.stack([self.area_mean(mu).mean(dim=0), self.area_mean(mu.square()).mean(dim=0)])
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -326,11 +373,17 @@ def training_losses(model: MonthlyDiffusion, batch: dict[str, torch.Tensor], noi
     # months t and t + 1 go through the CVAE together, each with its own conditioning
     both = Conditioning.cat([cond, cond_next])
     states = torch.cat([batch["state"], batch["state_next"]])
+    regression = torch.zeros_like(states[:b, 0, 0, 0])
+    if both.response is not None:
+        # the linear forcing path is fitted by its own least-squares loss; the CVAE models
+        # what it leaves (its response enters the CVAE detached, so the two do not trade)
+        regression = pair_mean_of(weighted_mse(both.response, states, state_weights), b)
+        both = Conditioning(both.full, both.latent, both.response.detach())
     mu, logvar = model.encode(states, both)
     z = mu + (0.5 * logvar).exp() * torch.cat([noise.eps, noise.eps_next])
     recon = weighted_mse(model.decode(z, both), states, state_weights)
 
-    if model.training and not isinstance(model.latent_mean, nn.Parameter):
+    if model.training and model.config.latent_standardization == "running":
         model.track_latent_statistics(mu, model.latent_momentum)
     diffusion_prior, diffusion_target = (z[:b], mu[b:]) if grad_to_encoder else (z[:b].detach(), mu[b:].detach())
     prior, target = model.standardise(diffusion_prior), model.standardise(diffusion_target)
@@ -338,16 +391,22 @@ def training_losses(model: MonthlyDiffusion, batch: dict[str, torch.Tensor], noi
     v = model.predict_v(x_t, noise.step, prior, cond_next.latent)
     diffusion = model.area_mean((v - v_target(model.schedule, target, noise.eps_diffusion, noise.step)).square())
 
-    def pair_mean(x):  # (2B,) -> (B,): average of months t and t + 1
-        return 0.5 * (x[:b] + x[b:])
+    def pair_mean(x):
+        return pair_mean_of(x, b)
 
     return {
         "reconstruction": pair_mean(recon),
+        "forcing_regression": regression,
         "diffusion": diffusion.mean(dim=1),
         "kl": pair_mean(kl_to_standard_normal(mu, logvar, model)),
         "latent_stats": (pair_mean(latent_stats_loss(model, mu)) if isinstance(model.latent_mean, nn.Parameter)
                          else torch.zeros_like(recon[:b])),
     }
+
+
+def pair_mean_of(x: torch.Tensor, b: int) -> torch.Tensor:
+    """(2B,) -> (B,): the average of months t and t + 1 of each sample."""
+    return 0.5 * (x[:b] + x[b:])
 
 
 def build_model(config: ModelConfig, grid: LatLonGrid) -> MonthlyDiffusion:
