@@ -70,7 +70,7 @@ def run(setting: str, seed: int, workdir: Path, sets: list[str], world_seed: int
     from mdiff.evaluate.report import Inputs, evaluate
     from mdiff.grid import LatLonGrid
     from mdiff.rollout import rollout_file
-    from mdiff.train import TrainOptions, train
+    from mdiff.train import TrainOptions, code_version, train
 
     timings: dict[str, float] = {}
     cfg = C.load_config("config/config.yaml")
@@ -104,9 +104,9 @@ def run(setting: str, seed: int, workdir: Path, sets: list[str], world_seed: int
     timings["world"] = time.perf_counter() - t0
     state_files = sorted((prepared / "state").glob("*.nc"))
 
-    # the resolved configs (defaults included): a changed default is a new run
+    # the resolved configs (defaults included) and the code version: either changed, a new run
     what = {"model": C.to_dict(model_file), "grid": [grid.nlat, grid.nlon], "members": members,
-            "world_seed": world_seed}
+            "world_seed": world_seed, "code": code_version()["git"]}
     digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:8]
     run_dir = workdir / f"run_{setting}_seed{seed}_{digest}"
     run_dir.mkdir(parents=True, exist_ok=True)

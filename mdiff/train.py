@@ -247,16 +247,20 @@ def validate(ema: MonthlyDiffusion, dataset: MonthPairDataset, area_weights: tor
 @torch.no_grad()
 def refresh_latent_basis(ema: MonthlyDiffusion, model: MonthlyDiffusion, dataset: MonthPairDataset,
                          device: torch.device, batch_size: int) -> None:
-    """latent_standardization pca: the whitening basis from the EMA encoder's means of every
-    training month, set on both models (the same data on every process: DDP stays in step)."""
+    """latent_standardization pca: the whitening basis from posterior samples of the EMA
+    encoder (mu + sigma eps, fixed noise: what the denoiser is conditioned on in training) of
+    every training month, set on both models (the same on every process: DDP stays in step)."""
     if model.config.latent_standardization != "pca":
         return
     ema.eval()
-    means = []
+    samples = []
+    generator = torch.Generator().manual_seed(0)
     for k in range(0, len(dataset), batch_size):
         batch = to_device(dataset.batch(range(k, min(k + batch_size, len(dataset)))), device)
-        means.append(ema.encode(batch["state"], ema.conditioning(batch["forcing"], batch["month"]))[0])
-    ema.set_latent_basis(torch.cat(means))
+        mu, logvar = ema.encode(batch["state"], ema.conditioning(batch["forcing"], batch["month"]))
+        eps = torch.randn(mu.shape, generator=generator).to(device)
+        samples.append(mu + (0.5 * logvar).exp() * eps)
+    ema.set_latent_basis(torch.cat(samples))
     for name in ("latent_center", "latent_eofs", "latent_eof_scale", "latent_residual_scale"):
         getattr(model, name).copy_(getattr(ema, name))
 
