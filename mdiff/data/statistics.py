@@ -12,6 +12,7 @@ from mdiff import variables as V
 from mdiff.fileio import write_json
 from mdiff.grid import LatLonGrid
 
+from . import checks
 from . import prepared as P
 from .normalize import forward_transform
 
@@ -56,6 +57,8 @@ def _transformed(x: np.ndarray, channels) -> np.ndarray:
 
 
 def compute_statistics(state_files, statics_file, grid: LatLonGrid, period: list[str]) -> dict:
+    # every month of the period once, plausible values, SST defined over open ocean
+    checks.check_state_files(state_files, grid, period, statics_file)
     first, last = (P.parse_month(m) for m in period)
     dynamic = V.STATE + V.FORCING[:2]  # sst, siconc from the training-time (ERA5 monthly-mean) forcing
     moments = _Moments(len(dynamic))
