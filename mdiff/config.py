@@ -355,7 +355,7 @@ def from_dict(cls, data: dict | None, source: str = "<dict>"):
     data = data or {}
     unknown = _unknown_keys(cls, data, "")
     if unknown:
-        raise ConfigError(f"{source}: unknown config key(s):\n  " + "\n  ".join(unknown))
+        raise ConfigError(f"{source}: unknown config key(s): " + "; ".join(unknown))
     try:
         return dacite.from_dict(cls, data, config=dacite.Config(strict=True))
     except ConfigError as err:

@@ -167,8 +167,10 @@ def initial_state(state_path: str | Path, grid: LatLonGrid, month: np.datetime64
     ds = P.open_checked(state_path, grid)
     hits = np.flatnonzero(P.times_of(ds) == month)
     if hits.size != 1:
-        raise P.PreparedDataError(f"{state_path}: no month {month} (the initial state of the run); "
-                                  f"the file has {P.times_of(ds).tolist()[:1]}..{P.times_of(ds).tolist()[-1:]}")
+        times = P.times_of(ds)
+        held = f"{times[0]}..{times[-1]}" if times.size else "no months"
+        raise P.PreparedDataError(f"{state_path}: variable 'time' has no month {month} (the initial state of "
+                                  f"the run, periods.run_start); the file holds {held}")
     x = P.dataset_to_channels(ds.isel(time=int(hits[0])), V.STATE, str(state_path))
     checks.check_plausible(x, V.STATE, f"{state_path} (month {month})", lat=grid.lat, lon=grid.lon)
     return x
