@@ -138,6 +138,23 @@ def timed(cmd: list[str], log: Path, env: dict | None = None) -> float:
     return time.perf_counter() - started
 
 
+def timeline(cmd: list[str], log: Path, watch: dict, env: dict | None = None) -> tuple[float, dict]:
+    """Run ``cmd`` to completion: (seconds, {name: seconds until ``watch[name]`` first existed});
+    a watch is a path, or a function that says whether the moment has come."""
+    seen: dict[str, float] = {}
+    started = time.perf_counter()
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env or subprocess_env(), stdout=out, stderr=subprocess.STDOUT)
+        while proc.poll() is None:
+            for name, path in watch.items():
+                if name not in seen and (path() if callable(path) else path.exists()):
+                    seen[name] = time.perf_counter() - started
+            time.sleep(0.02)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd[:4])} failed ({proc.returncode}):\n{log.read_text()[-3000:]}")
+    return time.perf_counter() - started, seen
+
+
 def stale_files(folder: Path) -> list[Path]:
     """Temporaries and partial files a finished stage must not leave."""
     pats = ("*.part", "*.partial", "*.partial.new", "*.resume.pt", "*.running", ".*.part")
