@@ -24,7 +24,6 @@ import fault_tools as FT  # noqa: E402
 from mdiff import cli  # noqa: E402
 from mdiff import config as C  # noqa: E402
 from mdiff import variables as V  # noqa: E402
-from mdiff.data import checks  # noqa: E402
 from mdiff.data import prepared as P  # noqa: E402
 
 pytestmark = pytest.mark.faults
@@ -103,8 +102,10 @@ def edited(src: Path, dst: Path, edit) -> Path:
 
 
 def ocean_point(good) -> tuple[int, int]:
-    lsm = checks.land_fraction(good["statics"], good["grid"])
-    j, i = np.argwhere(lsm <= checks.OPEN_OCEAN_LSM)[len(np.argwhere(lsm <= checks.OPEN_OCEAN_LSM)) // 2]
+    """A grid point without any land (land fraction 0)."""
+    lsm = P.dataset_to_channels(P.open_checked(good["statics"]), (V.channel("lsm"),))[0]
+    ocean = np.argwhere(lsm <= 1e-6)
+    j, i = ocean[len(ocean) // 2]
     return int(j), int(i)
 
 
@@ -115,7 +116,7 @@ def stats_argv(good, states, out: Path) -> list:
 def rollout_argv(good, out: Path, settings: str = SHORT_RUN, **over) -> list:
     """`mdiff rollout` of members 1-2 of aimip; ``over``: {"--forcing": path, ...}."""
     args = {"--checkpoint": good["checkpoint"], "--forcing": good["forcing"], "--initial-state": good["states"][0],
-            "--normalization": good["stats"], "--statics": good["statics"], **over}
+            "--normalization": good["stats"], **over}
     argv = ["rollout", "--settings", settings]
     for key, value in args.items():
         argv += [key, value]
@@ -298,7 +299,8 @@ def test_rollout_refuses_implausible_or_incomplete_inputs(good, tmp_path, capsys
                        capsys, "rollout", [rf"{forcing_c}: variable 'sst' \(channel sst\) has value -?[\d.]+ K at "
                                            r"time 1978-\d\d, lat", "degrees Celsius"], [out])
     forcing_n = edited(good["forcing"], tmp_path / "nan" / "forcing.nc", nan_ocean)
-    expect_clear_error("rollout: NaN SST over open ocean", rollout_argv(good, out, **{"--forcing": forcing_n}),
+    expect_clear_error("rollout: NaN SST over open ocean",
+                       rollout_argv(good, out, **{"--forcing": forcing_n, "--statics": good["statics"]}),
                        capsys, "rollout", [rf"{forcing_n}: variable 'sst' is NaN at time 1978-12", "open ocean"],
                        [out])
     short = edited(good["forcing"], tmp_path / "short" / "forcing.nc", lambda ds: ds.isel(time=slice(0, 3)))

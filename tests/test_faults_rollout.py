@@ -23,7 +23,6 @@ from mdiff.nn.model import MonthlyDiffusion
 from mdiff.rollout import (
     FastKernels,
     MonthWriter,
-    RolloutIntegrityError,
     RolloutJob,
     experiment_forcing,
     initial_state,
@@ -173,6 +172,8 @@ def test_stale_temporaries_of_a_killed_run_are_removed(setup, tmp_path):
 
 def test_a_month_that_does_not_read_back_is_never_published(setup, tmp_path, monkeypatch):
     """The finished file is read back against the recorded sha256 before it is renamed."""
+    from mdiff.rollout import RolloutIntegrityError
+
     original = MonthWriter._write
 
     def damaging_write(self, index, state):
