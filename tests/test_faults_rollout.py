@@ -229,12 +229,14 @@ def test_rollout_killed_at_random_moments_resumes_exactly(setup, tiny_world, tmp
     reference = ref_dir / "members_001-003.nc"
     # the uninterrupted run, timing when it starts writing
     total, seen = FT.timeline(rollout_cmd(setup, tiny_world, reference), ref_dir / "log",
-                              {"write": partial_path(reference)})
-    t_write = seen.get("write", 0.5 * total)
+                              {"write": partial_path(reference), "published": reference})
+    # the window where files are written: from just before the partial file appears (or a
+    # resumed run copies its verified months) to the rename onto the final name
+    window = (0.9 * seen.get("write", 0.5 * total), seen.get("published", total) + 0.05)
 
     def delay() -> float:
-        if draw.random() < 0.8:  # mostly while writing, the interesting part
-            return draw.uniform(0.9 * t_write, 1.02 * total)
+        if draw.random() < 0.9:  # mostly while writing, the interesting part
+            return draw.uniform(*window)
         return draw.uniform(0.0, 1.02 * total)
 
     trial = 0

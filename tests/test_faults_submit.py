@@ -327,12 +327,13 @@ def test_submit_killed_at_random_moments_completes_exactly(endpoint, tmp_path):
     manifest = tmp_path / "reference-manifest.json"
     total, seen = FT.timeline(submit_cmd(config(tmp_path, endpoint, "kill-reference"), root, manifest),
                               tmp_path / "reference.log",
-                              {"upload": lambda: client.list_objects_v2(Bucket="kill-reference")["KeyCount"] > 0}, env)
+                              {"upload": lambda: client.list_objects_v2(Bucket="kill-reference")["KeyCount"] > 0,
+                               "manifest": manifest}, env)
     assert remote_digests(client, "kill-reference") == local
-    window = (max(0.0, seen.get("upload", 0.0) - 0.3), 1.02 * total)
+    window = (max(0.0, seen.get("upload", 0.0) - 0.3), seen.get("manifest", total) + 0.05)
 
     def delay() -> float:
-        return draw.uniform(*window) if draw.random() < 0.8 else draw.uniform(0.0, 1.02 * total)
+        return draw.uniform(*window) if draw.random() < 0.9 else draw.uniform(0.0, 1.02 * total)
 
     logs = [tmp_path / "reference.log"]
     trial = 0

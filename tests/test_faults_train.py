@@ -112,10 +112,10 @@ def test_train_killed_at_random_moments_resumes_exactly(tiny_world, tmp_path):
                               {"epoch1": reference / "last.pt", "done": reference / "checkpoint.pt"})
     # the training window: from about the start of epoch 1 to the last output
     epoch = (seen["done"] - seen["epoch1"]) / len(log_records(reference / "train_log.jsonl"))
-    window = (max(0.0, seen["epoch1"] - 1.5 * epoch), seen["done"] + 0.2)
+    window = (max(0.0, seen["epoch1"] - 1.5 * epoch), seen["done"] + 0.05)
 
     def delay() -> float:
-        if draw.random() < 0.8:
+        if draw.random() < 0.9:
             return draw.uniform(*window)
         return draw.uniform(0.0, 1.02 * total)
 
