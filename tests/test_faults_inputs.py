@@ -165,7 +165,9 @@ def test_snakemake_dry_run_rejects_run_end_before_run_start(tmp_path):
 
     snakemake = Path(sys.executable).with_name("snakemake")
     if not snakemake.exists():
-        pytest.skip("snakemake is not installed in this environment (the workflow extra)")
+        from conftest import skip_unless_ci
+
+        skip_unless_ci("snakemake is not installed in this environment (the workflow extra)")
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(f"results: {tmp_path / 'results'}\nperiods:\n  run_start: '1978-10'\n  run_end: '1978-01'\n")
     out = subprocess.run([str(snakemake), "-n", "--configfile", str(cfg)], cwd=FT.ROOT, capture_output=True,
