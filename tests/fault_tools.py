@@ -111,10 +111,15 @@ def subprocess_env(extra: dict | None = None) -> dict:
     return env
 
 
-def run_killed(cmd: list[str], delay_s: float, log: Path, env: dict | None = None) -> bool:
-    """Start ``cmd``; SIGKILL it after ``delay_s`` unless it ended before. True if killed."""
+def run_killed(cmd: list[str], delay_s: float, log: Path, env: dict | None = None,
+               anchor: str | None = None) -> bool:
+    """Start ``cmd``; SIGKILL it ``delay_s`` after it starts (or, with ``anchor``, after it
+    first prints that text) unless it ended before. True if killed."""
+    offset = log.stat().st_size if log.exists() else 0
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env or subprocess_env(), stdout=out, stderr=subprocess.STDOUT)
+        while anchor is not None and proc.poll() is None and not printed(log, anchor, offset):
+            time.sleep(0.02)
         try:
             proc.wait(timeout=delay_s)
             return False
@@ -122,6 +127,13 @@ def run_killed(cmd: list[str], delay_s: float, log: Path, env: dict | None = Non
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
             return True
+
+
+def printed(log: Path, text: str, offset: int = 0) -> bool:
+    """Whether ``text`` appears in ``log`` after byte ``offset``."""
+    with open(log, "rb") as f:
+        f.seek(offset)
+        return text.encode() in f.read()
 
 
 def run_complete(cmd: list[str], log: Path, env: dict | None = None, timeout_s: float = 600) -> int:
