@@ -4,8 +4,13 @@ SHELL := /bin/bash
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 PYTEST_ARGS ?=
 SNAKEMAKE_ARGS ?=
+# `make faults`: the fault tests with many kills (docs/reliability.md); `make test` runs a few.
+FAULT_ROLLOUT_KILLS ?= 50
+FAULT_TRAIN_KILLS ?= 10
+FAULT_SUBMIT_KILLS ?= 10
+FAULT_SEED ?= 12
 
-.PHONY: setup run test lint bench science clean
+.PHONY: setup run test faults lint bench science clean
 
 setup:
 	@bash scripts/setup.sh
@@ -15,6 +20,15 @@ run: setup
 
 test: setup
 	python -m pytest $(PYTEST_ARGS)
+
+faults: setup
+	@mkdir -p results/faults
+	@start=$$(date +%s); \
+	MDIFF_FAULT_ROLLOUT_KILLS=$(FAULT_ROLLOUT_KILLS) MDIFF_FAULT_TRAIN_KILLS=$(FAULT_TRAIN_KILLS) \
+	MDIFF_FAULT_SUBMIT_KILLS=$(FAULT_SUBMIT_KILLS) MDIFF_FAULT_SEED=$(FAULT_SEED) \
+	MDIFF_FAULT_SUMMARY=results/faults/summary.json \
+	python -m pytest -m faults -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
+	echo "make faults: $$(( $$(date +%s) - start )) s (summary: results/faults/summary.json)"; exit $$rc
 
 lint: setup
 	ruff check .

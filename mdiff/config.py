@@ -71,8 +71,13 @@ class PeriodsConfig:
     validate: list[str] = field(default_factory=lambda: ["1979-01", "1984-12"])
 
     def __post_init__(self) -> None:
+        # Order and containment of every period, here, when the config loads: a bad period
+        # must not surface later as a strange error of another stage (or not at all).
         _check_month(self.run_start, "periods.run_start")
         _check_month(self.run_end, "periods.run_end")
+        if self.run_end < self.run_start:
+            raise ConfigError(f"periods.run_end {self.run_end} is before periods.run_start {self.run_start}; "
+                              "expected run_start <= run_end (the prepared and rolled-out months)")
         for name in ("stats", "train", "validate"):
             period = getattr(self, name)
             _check_period(period, f"periods.{name}")
@@ -81,8 +86,11 @@ class PeriodsConfig:
                     f"periods.{name} ends {period[1]}: AI-MIP allows training, statistics and "
                     f"model selection on 1979-2014 only (last month {AIMIP_TRAINING_LIMIT})"
                 )
-            if period[0] < self.run_start:
-                raise ConfigError(f"periods.{name} starts {period[0]}, before run_start {self.run_start}")
+            if period[0] < self.run_start or period[1] > self.run_end:
+                raise ConfigError(
+                    f"periods.{name} {period[0]}..{period[1]} is not inside the prepared months "
+                    f"periods.run_start..run_end {self.run_start}..{self.run_end}; expected "
+                    f"{self.run_start} <= first <= last <= {self.run_end}")
 
 
 @dataclass
@@ -357,6 +365,10 @@ class TrainConfig:
     # target (docs/science.md). false: the diffusion sees the encoder's latents detached.
     diffusion_grad_to_encoder: bool = False
     latent_momentum: float = 0.01  # update rate of the running latent statistics
+    # last: keep the EMA model of the last epoch; best: MD v0.9's lowest validation
+    # reconstruction + denoising loss (with a PCA-whitened latent the basis is refreshed every
+    # epoch, so denoising losses of different epochs are not comparable)
+    selection: Literal["last", "best"] = "last"
 
 
 @dataclass
@@ -390,7 +402,7 @@ def from_dict(cls, data: dict | None, source: str = "<dict>"):
     data = data or {}
     unknown = _unknown_keys(cls, data, "")
     if unknown:
-        raise ConfigError(f"{source}: unknown config key(s):\n  " + "\n  ".join(unknown))
+        raise ConfigError(f"{source}: unknown config key(s): " + "; ".join(unknown))
     try:
         return dacite.from_dict(cls, data, config=dacite.Config(strict=True))
     except ConfigError as err:

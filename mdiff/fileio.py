@@ -1,4 +1,10 @@
-"""Atomic writes: an interrupted job never leaves a half file that looks complete."""
+"""Atomic writes: an interrupted job never leaves a half file that looks complete.
+
+``atomic_path`` writes beside the target under a hidden temporary name
+(``.{name}.XXXXXXXX.part``) and renames it onto the target only on success. A process
+killed with SIGKILL cannot remove that temporary: the next run of the same stage removes
+its own with ``remove_stale_temporaries`` (nothing else writes those names).
+"""
 
 from __future__ import annotations
 
@@ -27,6 +33,27 @@ def atomic_path(path: str | os.PathLike):
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+def stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Temporaries ``atomic_path`` made for ``path`` and did not remove (a killed process)."""
+    import glob
+
+    path = Path(path)
+    return sorted(Path(p) for p in glob.glob(os.path.join(glob.escape(str(path.parent)),
+                                                          f".{glob.escape(path.name)}.*.part")))
+
+
+def remove_stale_temporaries(*paths: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries of ``paths`` left by a killed run; returns what was removed.
+    Call it when a stage starts, for the files that stage alone writes."""
+    removed = []
+    for path in paths:
+        for tmp in stale_temporaries(path):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
 
 
 def write_json(path: str | os.PathLike, obj) -> None:

@@ -16,12 +16,19 @@ for every member and the decoder maps it back to the model grid. Design choices:
 * **Speed**: members are batched, the conditioning of a month is computed once for all
   members (METHOD.md defect 7), everything runs under ``torch.inference_mode``, and a
   background thread denormalises, checks and writes each month while the next is sampled.
-* **Guards**: a NaN/Inf or a value far outside its physical range stops the run with an
-  error naming month, variable and member; the partial output is then removed.
-* **Resume**: every ``rollout.resume_every`` months, once everything before is on disk, the
-  latent, the generator states and the month index go atomically to ``{output}.resume.pt``;
-  the output grows in ``{output}.partial`` and is renamed onto ``{output}`` only when
-  complete. A restarted run continues from there and its file equals an uninterrupted run's.
+* **Guards**: inputs are checked where they enter (plausible ranges of the variable table,
+  SST defined over open ocean: ``mdiff.data.checks``); a NaN/Inf or a value outside its
+  channel's plausible range in a decoded month stops the run with an error naming month,
+  variable and member; the partial output is then removed.
+* **Resume**: the output grows in ``{output}.partial`` and is renamed onto ``{output}``
+  only when complete and read back intact (every month against the sha256 recorded when it
+  was written). Every ``rollout.resume_every`` months, once everything before is on disk,
+  the latent, the generator states, the month index and the sha256 of every month written
+  so far go atomically to ``{output}.resume.pt``. A restarted run never appends to the file
+  a killed process wrote (HDF5 gives no guarantee for it): it copies the months the resume
+  state vouches for into a fresh file, verifying each against its sha256, and continues
+  from there; if any month does not verify it starts afresh. Either way its file equals an
+  uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -44,24 +51,31 @@ from torch.nn import functional as F
 
 from mdiff import variables as V
 from mdiff.config import SST_OFFSET_K
+from mdiff.data import checks
 from mdiff.data import prepared as P
 from mdiff.data.normalize import Normalizer
 from mdiff.grid import LatLonGrid
 
 log = logging.getLogger(__name__)
 
-RESUME_FORMAT = 1
+RESUME_FORMAT = 2  # 2: resume states carry the sha256 of every month written
 
-# Physical plausibility of decoded states, by units (so every state channel of the variable
-# table is covered without re-listing channels). Far outside means a broken run, not climate.
-PHYSICAL_RANGE_BY_UNITS: dict[str, tuple[float, float]] = {
-    "K": (100.0, 400.0),  # ta, ts, tas, tdas
-    "Pa": (3.0e4, 1.2e5),  # ps, psl
-    "m s-1": (-300.0, 300.0),  # ua, va, uas, vas
-    "1": (0.0, 0.1),  # hus (specific humidity, kg/kg)
-    "m2 s-2": (2.0e4, 8.0e4),  # z500 (geopotential at 500 hPa)
-    "kg m-2 s-1": (0.0, 0.1),  # pr (0.1 kg m-2 s-1 = 8640 mm/day)
-}
+# Physical plausibility of decoded states: each channel's plausible_range from the variable
+# table (one source of truth, also checked on inputs). Outside means a broken run, not climate.
+STATE_RANGES = np.array([c.plausible_range for c in V.STATE], dtype=np.float64)  # (37, 2)
+
+
+def _ranges_by_units() -> dict[str, tuple[float, float]]:
+    out: dict[str, tuple[float, float]] = {}
+    for c in V.STATE:
+        lo, hi = c.plausible_range
+        a, b = out.get(c.units, (lo, hi))
+        out[c.units] = (min(a, lo), max(b, hi))
+    return out
+
+
+# The envelope of the state channels' ranges per units (derived from the table).
+PHYSICAL_RANGE_BY_UNITS: dict[str, tuple[float, float]] = _ranges_by_units()
 
 
 class RolloutGuardError(ValueError):
@@ -71,6 +85,12 @@ class RolloutGuardError(ValueError):
 
 
 class RolloutInputError(ValueError):
+    user_facing = True
+
+
+class RolloutIntegrityError(ValueError):
+    """The finished file does not read back as written: it is removed, never published."""
+
     user_facing = True
 
 
@@ -114,9 +134,11 @@ def parse_members(text: str) -> list[int]:
 
 
 def experiment_forcing(forcing_path: str | Path, grid: LatLonGrid, months: np.ndarray,
-                       experiment: str) -> tuple[np.ndarray, np.ndarray]:
+                       experiment: str, lsm: np.ndarray | None = None,
+                       lsm_source: str = "the statics") -> tuple[np.ndarray, np.ndarray]:
     """Physical SST (K, NaN over land) and sea ice (T, H, W) of ``months`` for ``experiment``:
     the prepared monthly-mean forcing with the experiment's SST offset added over ocean only.
+    Checked plausible, and (given the land fraction ``lsm``) defined over all open ocean.
 
     float64, so the offset is exact (+2.0 or +4.0 K to the last bit)."""
     if experiment not in SST_OFFSET_K:
@@ -131,7 +153,7 @@ def experiment_forcing(forcing_path: str | Path, grid: LatLonGrid, months: np.nd
             f"(first missing {missing[0]}); it covers {times[0] if times.size else 'nothing'}.."
             f"{times[-1] if times.size else ''}")
     ds = ds.isel(time=[index[m] for m in months])
-    x = P.dataset_to_channels(ds, V.FORCING[:2], str(forcing_path), allow_nan=True).astype(np.float64)
+    x = checks.check_forcing_dataset(ds, str(forcing_path), grid, lsm, lsm_source).astype(np.float64)
     sst, ice = x[:, 0], x[:, 1]
     ocean = np.isfinite(sst)
     if not ocean.any():
@@ -145,9 +167,13 @@ def initial_state(state_path: str | Path, grid: LatLonGrid, month: np.datetime64
     ds = P.open_checked(state_path, grid)
     hits = np.flatnonzero(P.times_of(ds) == month)
     if hits.size != 1:
-        raise P.PreparedDataError(f"{state_path}: no month {month} (the initial state of the run); "
-                                  f"the file has {P.times_of(ds).tolist()[:1]}..{P.times_of(ds).tolist()[-1:]}")
-    return P.dataset_to_channels(ds.isel(time=int(hits[0])), V.STATE, str(state_path))
+        times = P.times_of(ds)
+        held = f"{times[0]}..{times[-1]}" if times.size else "no months"
+        raise P.PreparedDataError(f"{state_path}: variable 'time' has no month {month} (the initial state of "
+                                  f"the run, periods.run_start); the file holds {held}")
+    x = P.dataset_to_channels(ds.isel(time=int(hits[0])), V.STATE, str(state_path))
+    checks.check_plausible(x, V.STATE, f"{state_path} (month {month})", lat=grid.lat, lon=grid.lon)
+    return x
 
 
 def file_sha256(path: str | Path) -> str:
@@ -237,9 +263,8 @@ class EnsembleStepper:
 
 def check_month(values: np.ndarray, month: np.datetime64, members: Sequence[int]) -> None:
     """Raise ``RolloutGuardError`` if physical ``values`` (B, 37, H, W) hold a NaN/Inf or a
-    value outside ``PHYSICAL_RANGE_BY_UNITS``; names the first bad member and variable."""
-    lo = np.array([PHYSICAL_RANGE_BY_UNITS[c.units][0] for c in V.STATE])[None, :]
-    hi = np.array([PHYSICAL_RANGE_BY_UNITS[c.units][1] for c in V.STATE])[None, :]
+    value outside its channel's plausible range; names the first bad member and variable."""
+    lo, hi = STATE_RANGES[None, :, 0], STATE_RANGES[None, :, 1]
     vmin, vmax = values.min(axis=(-2, -1)), values.max(axis=(-2, -1))  # NaN propagates
     ok = (vmin >= lo) & (vmax <= hi)
     if ok.all():
@@ -253,7 +278,7 @@ def check_month(values: np.ndarray, month: np.datetime64, members: Sequence[int]
         j, i = np.argwhere(bad)[0]
         raise RolloutGuardError(f"rollout stopped at {where}: {int(bad.sum())} NaN/Inf value(s), first at "
                                 f"lat index {j}, lon index {i}; expected finite values")
-    low, high = PHYSICAL_RANGE_BY_UNITS[ch.units]
+    low, high = ch.plausible_range
     value = float(vmin[b, c] if vmin[b, c] < low else vmax[b, c])
     raise RolloutGuardError(f"rollout stopped at {where}: value {value:.6g} {ch.units} outside the physical "
                             f"range [{low:g}, {high:g}] {ch.units}")
@@ -292,23 +317,54 @@ def create_output(path: Path, grid: LatLonGrid, months: np.ndarray, members: Seq
         nc.setncattr("months_written", 0)
 
 
+def month_arrays(values: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """(variable, float32 C-contiguous data (B, [plev,] H, W)) of one month of physical
+    ``values`` (B, 37, H, W), in file order: what the writer stores and the checksum covers."""
+    out = []
+    for variable in V.variables(V.STATE):
+        idx = [i for i, c in enumerate(V.STATE) if c.variable == variable]
+        data = values[:, idx] if variable in V.PRESSURE_VARIABLES else values[:, idx[0]]
+        out.append((variable, np.ascontiguousarray(data, dtype=np.float32)))
+    return out
+
+
+def month_sha256(arrays: Sequence[tuple[str, np.ndarray]]) -> str:
+    h = hashlib.sha256()
+    for _, data in arrays:
+        h.update(np.ascontiguousarray(data, dtype="<f4").tobytes())
+    return h.hexdigest()
+
+
+def read_month(nc, index: int) -> list[tuple[str, np.ndarray]]:
+    """The stored arrays of month ``index`` of an open rollout file (raw, unmasked)."""
+    out = []
+    for variable in V.variables(V.STATE):
+        var = nc.variables[variable]
+        var.set_auto_maskandscale(False)
+        out.append((variable, np.ascontiguousarray(var[:, index], dtype=np.float32)))
+    return out
+
+
 class MonthWriter:
     """Background writer: denormalise, check and write each month; save resume states.
 
     The stepping thread hands over normalised states with ``put``; errors raised here (guard
     failures, I/O) are re-raised in the stepping thread by ``raise_if_failed``/``close``.
+    ``checksums``: the sha256 of every month written, in order (those of a verified resume
+    first); resume states carry them.
     """
 
     def __init__(self, path: Path, normalizer: Normalizer, months: np.ndarray, members: Sequence[int],
-                 sync_every: int, max_pending: int = 3):
+                 sync_every: int, max_pending: int = 3, checksums: Sequence[str] = ()):
         import netCDF4
 
         self.path, self.normalizer, self.months, self.members = path, normalizer, months, list(members)
         self.sync_every = sync_every
+        self.checksums: list[str] = list(checksums)
         self.nc = netCDF4.Dataset(path, "a")
         self.queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self.error: BaseException | None = None
-        self.written = 0
+        self.written = len(self.checksums)
         self.thread = threading.Thread(target=self._run, name="rollout-writer", daemon=True)
         self.thread.start()
 
@@ -318,7 +374,8 @@ class MonthWriter:
         self._put(("month", index, state))
 
     def save_resume(self, resume_path: Path, payload: dict) -> None:
-        """Write ``payload`` to ``resume_path`` once every month handed over so far is on disk."""
+        """Write ``payload`` (+ the checksums of its months) to ``resume_path`` once every
+        month handed over so far is on disk."""
         self._put(("resume", resume_path, payload))
 
     def _put(self, item) -> None:
@@ -337,7 +394,8 @@ class MonthWriter:
         if self.thread.is_alive():
             self.queue.put(None)
             self.thread.join()
-        self.nc.close()
+        if self.nc.isopen():
+            self.nc.close()
         self.raise_if_failed()
 
     # --- writer thread
@@ -353,21 +411,27 @@ class MonthWriter:
                     self._write(item[1], item[2])
                 else:
                     self._sync()
+                    payload = item[2]
+                    n = payload["next_index"]
+                    if n > len(self.checksums):
+                        raise RuntimeError(f"resume state at month {n}, but {len(self.checksums)} written")
                     from mdiff.fileio import atomic_path
 
                     with atomic_path(item[1]) as tmp:
-                        torch.save(item[2], tmp)
+                        torch.save({**payload, "month_sha256": self.checksums[:n]}, tmp)
             except BaseException as err:  # noqa: BLE001 -- handed to the stepping thread
                 self.error = err
 
     def _write(self, index: int, state: np.ndarray) -> None:
+        if index != len(self.checksums):
+            raise RuntimeError(f"month index {index} handed over after {len(self.checksums)} months")
         values = self.normalizer.denormalize(state, V.STATE_NAMES, P.month_of_year(self.months[index]))
         check_month(values, self.months[index], self.members)
-        for variable in V.variables(V.STATE):
-            idx = [i for i, c in enumerate(V.STATE) if c.variable == variable]
-            data = values[:, idx] if variable in V.PRESSURE_VARIABLES else values[:, idx[0]]
+        arrays = month_arrays(values)
+        for variable, data in arrays:
             self.nc.variables[variable][:, index] = data
-        self.written = max(self.written, index + 1)
+        self.checksums.append(month_sha256(arrays))
+        self.written = index + 1
         if (index + 1) % self.sync_every == 0:
             self._sync()
 
@@ -420,32 +484,95 @@ def resume_path(output: Path) -> Path:
     return output.with_name(output.name + ".resume.pt")
 
 
+def _fresh_partial_path(output: Path) -> Path:
+    """Where a resume copies the verified months before the copy replaces ``.partial``."""
+    return output.with_name(output.name + ".partial.new")
+
+
+def remove_stale_temporaries(output: Path) -> None:
+    """Temporaries a killed run of ``output`` leaves: the resume copy in progress and the
+    ``atomic_path`` files of the output, its partial file, its copy and its resume state."""
+    from mdiff.fileio import remove_stale_temporaries as remove
+
+    fresh = _fresh_partial_path(output)
+    fresh.unlink(missing_ok=True)
+    remove(output, partial_path(output), fresh, resume_path(output))
+
+
 def _load_resume(job: RolloutJob, output: Path) -> dict | None:
+    """The resume state of ``output`` if there is one for this job (else None: start afresh)."""
     rpath, ppath = resume_path(output), partial_path(output)
     if not (rpath.exists() and ppath.exists()):
         return None
     try:
-        state = torch.load(rpath, map_location="cpu", weights_only=False)
+        state = torch.load(rpath, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 -- an unreadable resume state means a fresh start
-        log.warning("resume state %s unreadable (%s): starting from the initial state", rpath, err)
+        log.warning("resume state %s unreadable (%s): starting from the initial state", rpath,
+                    str(err).splitlines()[0] if str(err) else type(err).__name__)
         return None
-    if state.get("fingerprint") != job.fingerprint():
-        log.warning("resume state %s belongs to another job (%s): starting from the initial state",
-                    rpath, state.get("fingerprint"))
+    if not isinstance(state, dict) or state.get("fingerprint") != job.fingerprint():
+        log.warning("resume state %s belongs to another job or mdiff version: starting from the initial state",
+                    rpath)
         return None
-    try:
-        import netCDF4
-
-        with netCDF4.Dataset(ppath) as nc:
-            written = int(nc.getncattr("months_written"))
-    except Exception as err:  # noqa: BLE001 -- e.g. HDF5 damaged by a hard kill mid-write
-        log.warning("partial output %s unreadable (%s): starting from the initial state", ppath, err)
-        return None
-    if written < state["next_index"]:
-        log.warning("partial output %s holds %d months, resume state expects %d: starting afresh",
-                    ppath, written, state["next_index"])
+    sums = state.get("month_sha256")
+    if not isinstance(sums, list) or len(sums) != state.get("next_index") or not 0 < len(sums) < job.months.size:
+        log.warning("resume state %s is inconsistent: starting from the initial state", rpath)
         return None
     return state
+
+
+def _restore_verified(job: RolloutJob, output: Path, resume: dict) -> bool:
+    """Copy the months ``resume`` vouches for from the killed run's ``.partial`` into a fresh
+    file, each verified against its recorded sha256, and put that file in its place.
+
+    Never appends to (or otherwise writes) the killed run's file. False (nothing changed but
+    the temporary removed) when a month does not verify or the old file cannot be read."""
+    import netCDF4
+
+    ppath, fresh = partial_path(output), _fresh_partial_path(output)
+    sums = resume["month_sha256"]
+    create_output(fresh, job.grid, job.months, job.members, job.seeds, job.attrs())
+    try:
+        with netCDF4.Dataset(ppath, "r") as old, netCDF4.Dataset(fresh, "a") as new:
+            for index, expected in enumerate(sums):
+                arrays = read_month(old, index)
+                if month_sha256(arrays) != expected:
+                    log.warning("%s: month %s does not match its recorded sha256 (damaged by the "
+                                "interruption): starting from the initial state", ppath, job.months[index])
+                    raise _NotVerified
+                for variable, data in arrays:
+                    new.variables[variable][:, index] = data
+            new.setncattr("months_written", len(sums))
+    except Exception as err:  # noqa: BLE001 -- any failure to read the old file means a fresh start
+        if not isinstance(err, _NotVerified):
+            log.warning("%s unreadable after the interruption (%s): starting from the initial state", ppath,
+                        str(err).splitlines()[0] if str(err) else type(err).__name__)
+        fresh.unlink(missing_ok=True)
+        return False
+    fresh.replace(ppath)
+    return True
+
+
+class _NotVerified(Exception):
+    pass
+
+
+def verify_output(path: Path, checksums: Sequence[str], months: np.ndarray) -> None:
+    """Raise ``RolloutIntegrityError`` unless every month of ``path`` reads back as written."""
+    import netCDF4
+
+    try:
+        with netCDF4.Dataset(path, "r") as nc:
+            for index, expected in enumerate(checksums):
+                if month_sha256(read_month(nc, index)) != expected:
+                    raise RolloutIntegrityError(
+                        f"{path}: month {months[index]} reads back differently from what was written "
+                        f"(sha256 mismatch); expected the written data: the file was removed, rerun the rollout")
+    except RolloutIntegrityError:
+        raise
+    except Exception as err:  # noqa: BLE001
+        raise RolloutIntegrityError(f"{path}: cannot be read back after writing ({type(err).__name__}: {err}); "
+                                    "expected a readable NetCDF file: the file was removed, rerun the rollout") from err
 
 
 def run_rollout(job: RolloutJob, kernels, normalizer: Normalizer, forcing: np.ndarray,
@@ -456,26 +583,31 @@ def run_rollout(job: RolloutJob, kernels, normalizer: Normalizer, forcing: np.nd
     """Run one rollout file. ``forcing``: normalised (T, 3, H, W) of the experiment;
     ``state0``: normalised (37, H, W) of ``job.months[0]``, encoded (and month 0 decoded) with
     ``initial_forcing`` (3, H, W), the forcing it was observed under (default ``forcing[0]``).
-    Resumes from ``{output}.resume.pt`` when it matches."""
+    Resumes from ``{output}.resume.pt`` when it matches and the months it vouches for verify."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     ppath, rpath = partial_path(output), resume_path(output)
+    remove_stale_temporaries(output)
     stepper = EnsembleStepper(kernels, forcing, job.months, torch.device(device), bf16)
     generators = member_generators(job.base_seed, job.members)
     resume = _load_resume(job, output)
+    if resume is not None and not _restore_verified(job, output, resume):
+        resume = None
     if resume is None:
+        rpath.unlink(missing_ok=True)  # a stale state must never vouch for the new file
         latent, decoded0 = stepper.initial(state0, len(job.members), initial_forcing)
         create_output(ppath, job.grid, job.months, job.members, job.seeds, job.attrs())
-        start = 1
+        start, checksums = 1, []
     else:
         latent = resume["latent"].to(stepper.device)
         for g, s in zip(generators, resume["generator_states"], strict=True):
             g.set_state(s)
-        start = int(resume["next_index"])
-        log.info("resuming %s at month %s (%d of %d written)", output.name, job.months[start], start,
-                 job.months.size)
+        start, checksums = int(resume["next_index"]), list(resume["month_sha256"])
+        log.info("resuming %s at month %s (%d of %d written and verified)", output.name, job.months[start],
+                 start, job.months.size)
     total = job.months.size
-    writer = MonthWriter(ppath, normalizer, job.months, job.members, sync_every=job.resume_every)
+    writer = MonthWriter(ppath, normalizer, job.months, job.members, sync_every=job.resume_every,
+                         checksums=checksums)
     ok = False
     try:
         if resume is None:
@@ -513,6 +645,12 @@ def run_rollout(job: RolloutJob, kernels, normalizer: Normalizer, forcing: np.nd
 
     with netCDF4.Dataset(ppath, "a") as nc:
         nc.setncattr("months_written", total)
+    try:  # publish only what reads back exactly as written
+        verify_output(ppath, writer.checksums, job.months)
+    except RolloutIntegrityError:
+        for p in (ppath, rpath):
+            p.unlink(missing_ok=True)
+        raise
     ppath.replace(output)
     rpath.unlink(missing_ok=True)
     return output
@@ -552,6 +690,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--forcing", required=True, help="prepared/forcing.nc (monthly means)")
     parser.add_argument("--initial-state", required=True, help="prepared state file holding periods.run_start")
     parser.add_argument("--normalization", required=True, help="stats/normalization.nc")
+    parser.add_argument("--statics", help="prepared/statics.nc: its land fraction checks that the forcing's "
+                                          "SST is defined over all open ocean")
     parser.add_argument("--experiment", required=True, choices=list(SST_OFFSET_K))
     parser.add_argument("--members", required=True, help="FIRST-LAST, 1-based inclusive (e.g. 1-5)")
     parser.add_argument("--output", required=True, help="rollout/{experiment}/members_{a:03d}-{b:03d}.nc")
@@ -572,19 +712,20 @@ def main(args) -> None:
     # Slurm ends jobs with SIGTERM: leave cleanly so the partial file stays readable for a resume.
     signal.signal(signal.SIGTERM, _terminate)
     out = rollout_file(cfg, args.checkpoint, args.forcing, args.initial_state, args.normalization,
-                       args.experiment, members, args.output, progress=not args.no_progress)
+                       args.experiment, members, args.output, progress=not args.no_progress, statics=args.statics)
     log.info("wrote %s", out)
 
 
 def rollout_file(cfg, checkpoint: str | Path, forcing_path: str | Path, initial_state_path: str | Path,
                  normalization: str | Path, experiment: str, members: list[int], output: str | Path,
-                 progress: bool = True) -> Path:
-    """One rollout file of ``experiment`` and ``members`` (what `mdiff rollout` does)."""
+                 progress: bool = True, statics: str | Path | None = None) -> Path:
+    """One rollout file of ``experiment`` and ``members`` (what `mdiff rollout` does); ``statics``:
+    its land fraction checks that the forcing's SST is defined over all open ocean."""
     grid = LatLonGrid(cfg.grid.nlat, cfg.grid.nlon)
     months = P.month_range(cfg.periods.run_start, cfg.periods.run_end)
     device = resolve_device(cfg.rollout.device)
     model, trained_stats = load_model(checkpoint, device)
-    normalizer = Normalizer.load(normalization, model.config.normalization)
+    normalizer = checks.read_statistics(normalization, model.config.normalization)
     if trained_stats is not None and Normalizer.from_dict(trained_stats, model.config.normalization) != normalizer:
         raise RolloutInputError(f"{normalization}: statistics differ from those {checkpoint} "
                                 "was trained with; retrain or use the matching statistics")
@@ -592,7 +733,8 @@ def rollout_file(cfg, checkpoint: str | Path, forcing_path: str | Path, initial_
         raise RolloutInputError(f"{checkpoint}: model grid {model.grid.nlat}x{model.grid.nlon}; "
                                 f"the config's grid is {grid.nlat}x{grid.nlon}")
     moy = P.month_of_year(months)
-    sst, ice = experiment_forcing(forcing_path, grid, months, experiment)
+    lsm = checks.land_fraction(statics, grid) if statics else None
+    sst, ice = experiment_forcing(forcing_path, grid, months, experiment, lsm, str(statics))
     forcing = normalizer.forcing(sst, ice, months=moy)
     # The initial state is encoded with the forcing it was observed under (no SST offset), so
     # aimip, aimip-p2k and aimip-p4k start from the same latent; the offset acts from month 1.
@@ -854,7 +996,7 @@ def benchmark(args) -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = build_model(load_model_file(args.model).model, grid).to(device).eval()
-    stats = {c.name: ChannelStats(float(forward_transform(np.float64(np.mean(PHYSICAL_RANGE_BY_UNITS[c.units])),
+    stats = {c.name: ChannelStats(float(forward_transform(np.float64(np.mean(c.plausible_range)),
                                                           c.transform)), 1e-6, c.transform) for c in V.STATE}
     normalizer = Normalizer(stats)
     months = P.month_range("1978-10", str(np.datetime64("1978-10") + args.months + 1))

@@ -12,9 +12,13 @@ over processes, and a resumed run continues exactly. ``train.batch_size`` is per
 the global batch is batch_size x processes (incomplete last batches are dropped).
 
 Files (in the folder of ``--output``): ``last.pt`` (every epoch, and on SIGTERM; what
-``--resume`` continues from), ``best.pt`` (the best EMA model so far), and at the end the
-declared outputs: the selected checkpoint, the model card, the JSON-lines log and the
-loss curve.
+``--resume`` continues from), ``best.pt`` (the best EMA model so far), the running log
+``{log}.running`` (every epoch), and at the end the declared outputs: the JSON-lines log,
+the loss curve, the model card and, last of all, the selected checkpoint. A declared output
+never appears before training is complete, and each appears whole (atomic renames); a
+killed run's own temporaries are removed when the next run starts. An unreadable
+checkpoint or ``last.pt`` is a one-line error naming the file (``--fresh-if-corrupt``
+moves a corrupt ``last.pt`` aside and starts afresh instead).
 """
 
 from __future__ import annotations
@@ -40,9 +44,10 @@ from tqdm import tqdm
 import mdiff
 from mdiff import config as C
 from mdiff import variables as V
+from mdiff.data import checks
 from mdiff.data.dataset import MonthPairDataset, load_statics
 from mdiff.data.normalize import Normalizer
-from mdiff.fileio import atomic_path, write_json
+from mdiff.fileio import atomic_path, remove_stale_temporaries, write_json
 from mdiff.grid import LatLonGrid
 from mdiff.nn.model import (
     MonthlyDiffusion,
@@ -57,8 +62,11 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: Slurm and Snakemake see a failed (requeueable) job
 LOSS_TERMS = ("reconstruction", "forcing_regression", "diffusion", "kl", "latent_stats")
-SELECTION_RULE = ("lowest validation score = reconstruction weight x reconstruction MSE + "
-                  "diffusion weight x v-prediction MSE, of the EMA model")
+SELECTION_RULES = {
+    "best": ("lowest validation score = reconstruction weight x reconstruction MSE + "
+             "diffusion weight x v-prediction MSE, of the EMA model"),
+    "last": "the EMA model of the last epoch (validation scores are recorded, not compared)",
+}
 
 
 # ------------------------------------------------------------------------------ options
@@ -77,6 +85,7 @@ class TrainOptions:
     log_file: str | None = None
     curve: str | None = None
     resume: bool = False
+    fresh_if_corrupt: bool = False  # with resume: a corrupt last.pt is moved aside instead of an error
     source: str = "unknown"  # data source for the model card
     model_path: str = ""  # where the model config came from (model card)
 
@@ -91,6 +100,16 @@ class TrainOptions:
     @property
     def best(self) -> Path:
         return self.workdir / "best.pt"
+
+    @property
+    def running_log(self) -> Path | None:
+        """The log while training runs (the declared ``log_file`` appears only at the end)."""
+        return Path(f"{self.log_file}.running") if self.log_file else None
+
+    def own_files(self) -> list[Path]:
+        """Every file this run writes (whose stale temporaries it may remove)."""
+        files = [self.output, self.model_card, self.log_file, self.curve, self.running_log]
+        return [Path(p) for p in files if p] + [self.last, self.best, self.workdir / "resolved_model.json"]
 
 
 @dataclass
@@ -327,6 +346,32 @@ def checkpoint_payload(opts: TrainOptions, normalizer: Normalizer, model: Monthl
     }
 
 
+class CheckpointError(ValueError):
+    """A checkpoint (or last.pt) is missing, unreadable or not mdiff's: one line, no traceback."""
+
+    user_facing = True
+
+
+def _reason(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
+
+
+def read_checkpoint(path: str | Path, what: str = "mdiff checkpoint") -> dict:
+    """The payload of a checkpoint file, or a one-line ``CheckpointError`` naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: {what} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 -- torch/zipfile/pickle raise many kinds
+        raise CheckpointError(f"{path}: cannot be read as an {what} ({_reason(err)}); truncated or "
+                              f"corrupt? expected a file written by `mdiff train`") from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path}: holds a {type(payload).__name__}; expected an {what} (a dict)")
+    return payload
+
+
 def save(path: Path, payload: dict) -> None:
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -346,6 +391,17 @@ def model_config_from(data: dict) -> C.ModelConfig:
     return C.ModelConfig(**{**C.MD_V09_MODEL, **_known_fields(C.ModelConfig, data, "model_config")})
 
 
+# Buffers added after checkpoint format 1 was first written; older weights lack them and get
+# the values a fresh model has (neutral for the MD v0.9 options such checkpoints use).
+ADDED_BUFFERS = ("latent_center", "latent_eofs", "latent_eof_scale", "latent_residual_scale")
+
+
+def migrate_state(state: dict, model: MonthlyDiffusion) -> dict:
+    """A checkpoint's weights completed with the buffers its version predates."""
+    fresh = model.state_dict()
+    return {**{k: fresh[k] for k in ADDED_BUFFERS if k not in state}, **state}
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[MonthlyDiffusion, dict]:
     """A ready model with the EMA weights (eval mode) and the checkpoint's metadata.
 
@@ -356,16 +412,17 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: checkpoint does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path}: cannot be read as an mdiff checkpoint ({err})") from err
+    payload = read_checkpoint(path)
     version = payload.get("format_version")
     if version is None or version > FORMAT_VERSION:
-        raise ValueError(f"{path}: checkpoint format_version {version!r}; this mdiff reads 1..{FORMAT_VERSION}")
-    grid = LatLonGrid(payload["grid"]["nlat"], payload["grid"]["nlon"])
-    model = build_model(model_config_from(payload["model_config"]), grid)
-    model.load_state_dict(payload["ema_state"])
+        raise CheckpointError(f"{path}: checkpoint format_version {version!r}; this mdiff reads 1..{FORMAT_VERSION}")
+    try:
+        grid = LatLonGrid(payload["grid"]["nlat"], payload["grid"]["nlon"])
+        model = build_model(model_config_from(payload["model_config"]), grid)
+        model.load_state_dict(migrate_state(payload["ema_state"], model))
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: not a usable mdiff checkpoint ({_reason(err)}); expected the "
+                              f"grid, model_config and ema_state written by `mdiff train`") from None
     model.to(device).eval()
     meta = {k: v for k, v in payload.items() if k not in ("model_state", "ema_state", "optimizer_state", "rng")}
     return model, meta
@@ -450,7 +507,7 @@ selected epoch (the raw weights are stored beside them).
 ```
 
 ## Training and selection
-- Selection rule: {SELECTION_RULE}, evaluated after every epoch.
+- Selection rule: {SELECTION_RULES[opts.model_file.train.selection]}.
 - Chosen epoch: **{progress.best_epoch}** of {len(progress.history)}.
 - Losses (normalised units; train terms are means over the epoch with the raw weights):
 
@@ -506,15 +563,28 @@ def _save_last(opts, normalizer, model, ema, optimizer, progress, signature, dis
 def _try_resume(opts, signature, model, ema, optimizer) -> Progress | None:
     if not opts.last.exists():
         return None
-    payload = torch.load(opts.last, map_location="cpu", weights_only=True)
+    try:
+        payload = read_checkpoint(opts.last, "mdiff resume checkpoint")
+    except CheckpointError as err:
+        if not opts.fresh_if_corrupt:
+            raise CheckpointError(f"{err}; --resume refuses to start afresh over it: delete it, or pass "
+                                  "--fresh-if-corrupt to move it aside and start afresh") from None
+        aside = opts.last.with_name(opts.last.name + ".corrupt")
+        os.replace(opts.last, aside)
+        log.warning("%s is unreadable: moved to %s, starting afresh (--fresh-if-corrupt)", opts.last, aside)
+        return None
     if payload.get("signature") != signature:
         log.warning("%s was made with other configs/statistics: starting afresh", opts.last)
         return None
-    model.load_state_dict(payload["model_state"])
-    ema.load_state_dict(payload["ema_state"])
-    optimizer.load_state_dict(payload["optimizer_state"])
-    torch.set_rng_state(payload["rng"]["torch"])
-    progress = Progress(**payload["progress"])
+    try:
+        model.load_state_dict(payload["model_state"])
+        ema.load_state_dict(payload["ema_state"])
+        optimizer.load_state_dict(payload["optimizer_state"])
+        torch.set_rng_state(payload["rng"]["torch"])
+        progress = Progress(**payload["progress"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{opts.last}: not a usable mdiff resume checkpoint ({_reason(err)}) although its "
+                              "signature matches; delete it to start afresh") from None
     log.info("resuming from %s: epoch %d, batch %d", opts.last, progress.epoch + 1, progress.batch)
     return progress
 
@@ -523,6 +593,9 @@ def train(opts: TrainOptions, stop: _StopFlag | None = None) -> int:
     """Train; returns 0 when done, EXIT_PREEMPTED when stopped by SIGTERM (checkpoint saved)."""
     tc = opts.model_file.train
     dist, device = init_distributed(tc.device)
+    if dist.main:
+        for tmp in remove_stale_temporaries(*opts.own_files()):
+            log.info("removed %s (a temporary of an interrupted run)", tmp)
     grid = LatLonGrid(opts.grid.nlat, opts.grid.nlon)
     normalizer = Normalizer.load(opts.stats, opts.model_file.model.normalization)
     train_set = MonthPairDataset(opts.state_files, normalizer, grid, *opts.periods.train)
@@ -585,11 +658,12 @@ def train(opts: TrainOptions, stop: _StopFlag | None = None) -> int:
         progress.elapsed_s += time.perf_counter() - started
         progress.history.append({"epoch": epoch + 1, "step": progress.step, "train": train_means, "validate": val,
                                  "score": score, "elapsed_s": round(progress.elapsed_s, 2)})
-        if progress.best_score is None or score < progress.best_score:
+        if tc.selection == "last" or progress.best_score is None or score < progress.best_score:
             progress.best_score, progress.best_epoch = score, epoch + 1
             if dist.main:
                 best = checkpoint_payload(opts, normalizer, model, ema)
-                best.update(epoch=epoch + 1, selection={"rule": SELECTION_RULE, "score": score, "validate": val})
+                best.update(epoch=epoch + 1, selection={"rule": SELECTION_RULES[tc.selection], "score": score,
+                                                        "validate": val})
                 save(opts.best, best)
         log.info("epoch %d/%d: train recon %.4g v %.4g | val recon %.4g v %.4g%s | %.1f s", epoch + 1, tc.epochs,
                  train_means["reconstruction"], train_means["diffusion"], val["reconstruction"], val["diffusion"],
@@ -597,8 +671,8 @@ def train(opts: TrainOptions, stop: _StopFlag | None = None) -> int:
                  time.perf_counter() - started)
         progress.epoch, progress.batch, progress.sums, progress.count = epoch + 1, 0, {}, 0
         _save_last(opts, normalizer, model, ema, optimizer, progress, signature, dist)
-        if dist.main and opts.log_file:
-            write_log(opts.log_file, progress.history)
+        if dist.main and opts.running_log:
+            write_log(opts.running_log, progress.history)
 
     if dist.main:
         _finish(opts, progress, hardware(device, dist))
@@ -608,10 +682,9 @@ def train(opts: TrainOptions, stop: _StopFlag | None = None) -> int:
 
 
 def _finish(opts: TrainOptions, progress: Progress, hw: str) -> None:
-    """Declared outputs: the selected checkpoint, log, loss curve and model card."""
-    with atomic_path(opts.output) as tmp:
-        shutil.copyfile(opts.best, tmp)
-    payload = torch.load(opts.output, map_location="cpu", weights_only=True)
+    """Declared outputs: log, loss curve, model card, then the selected checkpoint (last, so
+    that a checkpoint under its final name means every output is there)."""
+    payload = read_checkpoint(opts.best, "mdiff checkpoint (best.pt)")
     if opts.log_file:
         write_log(opts.log_file, progress.history)
     if opts.curve:
@@ -619,6 +692,10 @@ def _finish(opts: TrainOptions, progress: Progress, hw: str) -> None:
     if opts.model_card:
         write_model_card(opts.model_card, opts, payload, progress, hw, opts.curve)
     write_json(opts.workdir / "resolved_model.json", {"model": payload["model_config"], "train": payload["train_config"]})
+    with atomic_path(opts.output) as tmp:
+        shutil.copyfile(opts.best, tmp)
+    if opts.running_log:
+        opts.running_log.unlink(missing_ok=True)
     log.info("selected epoch %d (score %.4g): %s", progress.best_epoch, progress.best_score, opts.output)
 
 
@@ -639,6 +716,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--curve", help="loss-curve PNG to write")
     parser.add_argument("--resume", action="store_true",
                         help="continue from last.pt beside --output if it was made with the same configs")
+    parser.add_argument("--fresh-if-corrupt", action="store_true",
+                        help="with --resume: if last.pt cannot be read, move it aside (last.pt.corrupt) and "
+                             "start afresh instead of stopping with an error")
     parser.add_argument("--epochs", type=int, help="override train.epochs")
     parser.add_argument("--device", help="override train.device (auto|cpu|cuda)")
 
@@ -655,8 +735,10 @@ def main(args) -> int:
     opts = TrainOptions(
         state_files=list(args.state), statics=args.statics, stats=args.stats, output=args.output,
         model_file=model_file, grid=cfg.grid, periods=cfg.periods, model_card=args.model_card,
-        log_file=args.log_file, curve=args.curve, resume=args.resume, source=cfg.source, model_path=args.model,
+        log_file=args.log_file, curve=args.curve, resume=args.resume, fresh_if_corrupt=args.fresh_if_corrupt,
+        source=cfg.source, model_path=args.model,
     )
+    checks.read_statistics(args.stats, model_file.model.normalization)  # missing, truncated: one clear line
     stop = _StopFlag()
     stop.install()
     try:

@@ -58,3 +58,21 @@ def tiny_world(tmp_path_factory) -> TinyWorld:
                                root / "prepared" / "statics.nc", grid, ["1979-01", "2014-12"])
     write_statistics(root / "stats" / "normalization.nc", stats, grid)
     return TinyWorld(root, grid, root / "prepared", root / "truth", root / "stats" / "normalization.nc")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fault tests' summary line (tests/fault_tools.py), also as JSON in $MDIFF_FAULT_SUMMARY."""
+    import json
+    import sys
+
+    tools = sys.modules.get("fault_tools")
+    if tools is None:
+        return
+    line = tools.summary_line()
+    if line is None:
+        return
+    terminalreporter.write_line(line)
+    target = os.environ.get("MDIFF_FAULT_SUMMARY")
+    if target:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        Path(target).write_text(json.dumps(tools.summary_dict(), indent=2) + "\n")

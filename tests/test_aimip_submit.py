@@ -130,7 +130,7 @@ def test_interrupted_upload_resumes_without_duplicates_or_corruption(tmp_path, e
         return await real_call(method, *args, **kwargs)
 
     fs._call_s3 = failing_call
-    with pytest.raises(ConnectionError):
+    with pytest.raises(S.SubmitError, match=r"uploading .*cannot reach the S3 endpoint .*port"):
         S.upload(cfg, root, tmp_path / "manifest.json", fs=fs)
     assert not (tmp_path / "manifest.json").exists()
     partial = remote_objects(cfg, bucket)

@@ -206,9 +206,12 @@ def test_planted_nan_stops_the_run_naming_month_variable_member(setup, tmp_path)
 
 def test_guard_names_out_of_range_values():
     assert {c.units for c in V.STATE} <= set(PHYSICAL_RANGE_BY_UNITS)
+    for c in V.STATE:  # the guard's ranges are the variable table's (one source of truth)
+        lo, hi = PHYSICAL_RANGE_BY_UNITS[c.units]
+        assert lo <= c.plausible_range[0] < c.plausible_range[1] <= hi
     values = np.zeros((2, V.N_STATE, 3, 4), np.float32)
     for i, c in enumerate(V.STATE):
-        values[:, i] = np.mean(PHYSICAL_RANGE_BY_UNITS[c.units])
+        values[:, i] = np.mean(c.plausible_range)
     check_month(values, np.datetime64("1990-01"), [7, 8])  # plausible: passes
     ps = V.STATE_NAMES.index("ps")
     values[1, ps, 0, 0] = 2.0e6
@@ -278,7 +281,8 @@ def test_command_line_rollout_from_a_checkpoint(setup, tiny_world, tmp_path):
                         C.GridConfig(grid.nlat, grid.nlon))
     save(tmp_path / "checkpoint.pt", checkpoint_payload(opts, setup["normalizer"], setup["model"], setup["model"]))
     settings = json.dumps({"grid": {"nlat": grid.nlat, "nlon": grid.nlon},
-                           "periods": {"run_start": "1978-10", "run_end": "1979-05"},
+                           "periods": {"run_start": "1978-10", "run_end": "1979-05", "stats": ["1979-01", "1979-05"],
+                                       "train": ["1979-01", "1979-05"], "validate": ["1979-01", "1979-05"]},
                            "rollout": {"members": 4, "member_batch": 2, "seed": 5, "resume_every": 3}})
     files = {}
     for experiment in ("aimip", "aimip-p4k"):

@@ -92,11 +92,13 @@ def test_truncated_file_and_wrong_grid_give_clear_errors(tiny_world, tmp_path):
         P.open_checked(src, LatLonGrid(9, 16))
 
 
-def test_stats_command_writes_json(tiny_world, tmp_path):
-    out = tmp_path / "stats.json"
+def test_stats_command_writes_the_statistics_file(tiny_world, tmp_path):
+    from mdiff.data.statistics import read_statistics
+
+    out = tmp_path / "normalization.nc"
     settings = json.dumps({"grid": {"nlat": 17, "nlon": 32}})
     subprocess.run([sys.executable, "-m", "mdiff.cli", "stats", "--settings", settings, "--state",
                     *map(str, tiny_world.state_files), "--statics", str(tiny_world.statics), "--output", str(out)],
                    check=True, capture_output=True)
-    d = json.loads(out.read_text())
-    assert len(d["channels"]) == 37 + 2 + 5 and d["period"] == ["1979-01", "2014-12"]
+    d = read_statistics(out)
+    assert len(d["channels"]) == 37 + 2 + 5 and len(d["climatology"]) == 37 + 2 and d["period"] == ["1979-01", "2014-12"]

@@ -8,7 +8,13 @@
   the MD5 of the parts' MD5s with ``-<parts>`` for a multipart upload; s3fs goes
   multipart from 2 x chunksize, so upload and check use the same chunksize). An
   interrupted upload leaves no partial object (S3 PUT and multipart completion are
-  atomic): rerun and it carries on.
+  atomic): rerun and it carries on. The unfinished multipart uploads a killed run leaves
+  (parts stored, never completed) are listed and aborted by the rerun, for this
+  submission's keys only.
+- Every failure says what is wrong, first probed with one request to the bucket:
+  credentials rejected (naming where they came from: the environment variables or the
+  profile and file, never a key), no credentials, endpoint unreachable (host and port),
+  timed out (after how long), bucket missing.
 - Writes a manifest (key, size, sha256, etag, action); ``--dry-run`` only lists.
 """
 
@@ -16,9 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 from mdiff.cli import add_settings_arguments, load_settings
 from mdiff.config import Config
@@ -78,6 +87,151 @@ def make_filesystem(cfg: Config):
     )
 
 
+# ------------------------------------------------------------------------- failures
+
+# S3 error codes that mean "these credentials are not accepted" (not "the bucket is missing").
+CREDENTIAL_ERRORS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
+                     "TokenRefreshRequired", "AccessDenied", "AllAccessDisabled", "InvalidClientTokenId",
+                     "UnrecognizedClientException", "AuthorizationHeaderMalformed", "InvalidSecurity", "403"}
+MISSING_BUCKET_ERRORS = {"NoSuchBucket", "404"}
+
+
+def credential_source() -> str:
+    """Where botocore's lookup finds the credentials: names of variables or profile and file,
+    never a key or a secret."""
+    try:
+        import botocore.session
+
+        profile = os.environ.get("AWS_PROFILE") or os.environ.get("AWS_DEFAULT_PROFILE")
+        creds = botocore.session.Session(profile=profile).get_credentials()
+    except Exception as err:  # noqa: BLE001 -- only used to word an error
+        return f"the AWS credential lookup ({type(err).__name__})"
+    if creds is None:
+        return "nowhere (no credentials found)"
+    method = getattr(creds, "method", "unknown")
+    name = profile or "default"
+    if method == "env":
+        extra = " and AWS_SESSION_TOKEN" if os.environ.get("AWS_SESSION_TOKEN") else ""
+        return f"the environment variables AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY{extra}"
+    if method == "shared-credentials-file":
+        where = os.environ.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials")
+        return f"profile {name!r} of {where}" + (" (AWS_PROFILE)" if profile else "")
+    if method == "config-file":
+        where = os.environ.get("AWS_CONFIG_FILE", "~/.aws/config")
+        return f"profile {name!r} of {where}" + (" (AWS_PROFILE)" if profile else "")
+    return f"botocore's credential provider {method!r}" + (f" (profile {name!r})" if profile else "")
+
+
+def _chain(err: BaseException) -> list[BaseException]:
+    out, seen = [], set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        out.append(err)
+        err = err.__cause__ or err.__context__
+    return out
+
+
+def _endpoint(cfg: Config) -> str:
+    url = urlparse(cfg.submit.endpoint_url)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return f"host {url.hostname} port {port}"
+
+
+def describe_failure(err: BaseException, cfg: Config, action: str, elapsed_s: float) -> SubmitError | None:
+    """A one-line ``SubmitError`` saying what went wrong in ``action``, or None if unknown.
+
+    s3fs turns botocore errors into OSError subclasses (and ``exists()`` into False), so the
+    cause is looked up along the exception chain."""
+    from botocore import exceptions as B
+
+    s = cfg.submit
+    chain = _chain(err)
+    for e in chain:
+        if isinstance(e, (B.NoCredentialsError, B.PartialCredentialsError)):
+            return SubmitError(
+                f"{action}: no usable S3 credentials found ({type(e).__name__}); expected "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment, or a profile in "
+                "~/.aws/credentials (AWS_PROFILE, AWS_SHARED_CREDENTIALS_FILE)")
+        if isinstance(e, B.ClientError):
+            error = e.response.get("Error", {})
+            code = str(error.get("Code", ""))
+            if code in MISSING_BUCKET_ERRORS:
+                return SubmitError(f"bucket {s.bucket!r} does not exist at {s.endpoint_url} ({action}: {code}); "
+                                   "expected an existing bucket (submit.bucket; mdiff never creates one)")
+            if code in CREDENTIAL_ERRORS:
+                return SubmitError(
+                    f"{action}: credentials rejected by {s.endpoint_url} ({code}: "
+                    f"{str(error.get('Message', '')).strip()[:120] or 'no message'}); they came from "
+                    f"{credential_source()}; expected a key pair with write access to bucket {s.bucket!r}")
+            return SubmitError(f"{action}: {s.endpoint_url} answered S3 error {code or '?'} "
+                               f"({str(error.get('Message', '')).strip()[:160]})")
+    for e in chain:
+        if isinstance(e, (B.ReadTimeoutError, B.ConnectTimeoutError, TimeoutError)) or \
+                type(e).__name__ in ("FSTimeoutError", "ServerTimeoutError", "SocketTimeoutError"):
+            return SubmitError(
+                f"{action}: {s.endpoint_url} ({_endpoint(cfg)}) timed out after {elapsed_s:.1f} s "
+                f"({type(e).__name__}; submit.connect_timeout_s = {s.connect_timeout_s:g}, read_timeout_s = "
+                f"{s.read_timeout_s:g}, max_attempts = {s.max_attempts}); expected an S3 endpoint that answers")
+    for e in chain:
+        if isinstance(e, (B.EndpointConnectionError, B.ConnectionClosedError, ConnectionError)):
+            return SubmitError(
+                f"{action}: cannot reach the S3 endpoint {s.endpoint_url} ({_endpoint(cfg)}): "
+                f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else 'connection failed'}; "
+                "expected an S3 server listening there (submit.endpoint_url)")
+    return None
+
+
+def _checked(cfg: Config, action: str, call, *args, **kwargs):
+    """``call(*args, **kwargs)``, with failures worded by ``describe_failure``."""
+    started = time.monotonic()
+    try:
+        return call(*args, **kwargs)
+    except Exception as err:
+        described = describe_failure(err, cfg, action, time.monotonic() - started)
+        if described is None:
+            raise
+        raise described from None
+
+
+def probe_bucket(cfg: Config, fs) -> None:
+    """One request to the bucket, so that every way of failing is named before any work."""
+    _checked(cfg, f"listing bucket {cfg.submit.bucket!r}", fs.call_s3, "list_objects_v2",
+             Bucket=cfg.submit.bucket, MaxKeys=1)
+
+
+def stale_multipart_uploads(cfg: Config, fs, keys: set[str]) -> list[tuple[str, str]]:
+    """(key, upload id) of unfinished multipart uploads of ``keys`` (bucket/path) in the bucket."""
+    bucket = cfg.submit.bucket
+    prefix = upload_prefix(cfg)
+    kwargs = {"Bucket": bucket, **({"Prefix": prefix + "/"} if prefix else {})}
+    out = []
+    while True:
+        page = _checked(cfg, "listing unfinished multipart uploads", fs.call_s3, "list_multipart_uploads", **kwargs)
+        for upload in page.get("Uploads", []) or []:
+            if f"{bucket}/{upload['Key']}" in keys:
+                out.append((upload["Key"], upload["UploadId"]))
+        if not page.get("IsTruncated"):
+            return out
+        kwargs.update(KeyMarker=page.get("NextKeyMarker", ""), UploadIdMarker=page.get("NextUploadIdMarker", ""))
+
+
+def abort_stale_uploads(cfg: Config, fs, keys: set[str], dry_run: bool = False) -> int:
+    """Abort (or, in a dry run, list) this submission's unfinished multipart uploads."""
+    stale = stale_multipart_uploads(cfg, fs, keys)
+    for key, upload_id in stale:
+        if dry_run:
+            print(f"would abort an unfinished multipart upload of {cfg.submit.bucket}/{key}")
+            continue
+        _checked(cfg, f"aborting the unfinished multipart upload of {key}", fs.call_s3,
+                 "abort_multipart_upload", Bucket=cfg.submit.bucket, Key=key, UploadId=upload_id)
+        log.info("aborted an unfinished multipart upload of %s/%s (left by an interrupted run)",
+                 cfg.submit.bucket, key)
+    return len(stale)
+
+
+# ------------------------------------------------------------------------- upload
+
+
 def require_passed_validation(report_path: str | Path, root: Path) -> None:
     import json
 
@@ -98,15 +252,11 @@ def plan(cfg: Config, root: Path, fs, chunksize: int) -> list[Entry]:
 
     bucket = cfg.submit.bucket
     base = "/".join(p for p in (bucket, upload_prefix(cfg)) if p)
+    # fs.put would silently create a missing bucket, and fs.exists() turns every failure
+    # (credentials, network) into "missing": probe it with a request whose errors we see.
+    probe_bucket(cfg, fs)
     try:
-        bucket_there = fs.exists(bucket)
-    except Exception as err:  # botocore errors name the endpoint, never the secret
-        raise SubmitError(f"cannot reach {cfg.submit.endpoint_url}: {type(err).__name__}: {err}") from err
-    if not bucket_there:
-        # fs.put would silently create it: a typo must not make a new bucket.
-        raise SubmitError(f"bucket {bucket!r} does not exist at {cfg.submit.endpoint_url}")
-    try:
-        remote = fs.find(base, detail=True) if fs.exists(base) else {}
+        remote = _checked(cfg, f"listing {base}", fs.find, base, detail=True)
     except FileNotFoundError:
         remote = {}
     entries = []
@@ -139,15 +289,16 @@ def upload(cfg: Config, root: str | Path, manifest: str | Path | None = None, dr
     todo = [e for e in entries if e.action == "upload"]
     log.info("%d files, %d to upload (%.1f MB), %d already present", len(entries), len(todo),
              sum(e.size for e in todo) / 1e6, len(entries) - len(todo))
+    aborted = abort_stale_uploads(cfg, fs, {e.key for e in entries}, dry_run)
     if dry_run:
         for e in todo:
             e.action = "would-upload"
             print(f"would upload {e.key} ({e.size} bytes)")
     else:
         for e in tqdm(todo, desc="upload", unit="file"):
-            fs.put_file(str(root / e.path), e.key, chunksize=chunksize)
+            _checked(cfg, f"uploading {e.key}", fs.put_file, str(root / e.path), e.key, chunksize=chunksize)
             fs.invalidate_cache(e.key)
-            info = fs.info(e.key)
+            info = _checked(cfg, f"checking {e.key}", fs.info, e.key)
             got = str(info.get("ETag", "")).strip('"')
             if int(info.get("size", -1)) != e.size or got != e.etag:
                 raise SubmitError(f"{e.key}: after upload the object has size {info.get('size')} and ETag "
@@ -156,7 +307,7 @@ def upload(cfg: Config, root: str | Path, manifest: str | Path | None = None, dr
     if manifest and not dry_run:
         write_json(manifest, {"endpoint_url": cfg.submit.endpoint_url, "bucket": cfg.submit.bucket,
                               "prefix": upload_prefix(cfg), "chunksize": chunksize,
-                              "objects": [asdict(e) for e in entries]})
+                              "aborted_stale_uploads": aborted, "objects": [asdict(e) for e in entries]})
     return entries
 
 
@@ -174,6 +325,10 @@ def main(args) -> int:
     require_passed_validation(args.report, root)
     if not args.dry_run and not args.manifest:
         raise SubmitError("--manifest is required unless --dry-run")
+    if args.manifest:
+        from mdiff.fileio import remove_stale_temporaries
+
+        remove_stale_temporaries(args.manifest)  # of a killed run
     entries = upload(cfg, root, args.manifest, args.dry_run)
     done = sum(e.action == "upload" for e in entries)
     log.info("%s: %d files %s, %d already present", cfg.submit.endpoint_url, done if not args.dry_run else

@@ -22,6 +22,8 @@ CALENDAR = "proleptic_gregorian"
 class PreparedDataError(ValueError):
     """A prepared file does not meet the contract; the message names file, variable, expectation."""
 
+    user_facing = True  # `mdiff` prints it as one line, without a traceback
+
 
 # ------------------------------------------------------------------------------ time
 

@@ -34,6 +34,7 @@ import xarray as xr
 from tqdm import tqdm
 
 from mdiff import variables as V
+from mdiff.data import checks
 from mdiff.data import era5 as E
 from mdiff.data import prepared as P
 from mdiff.data.forcing import monthly_means_from_start_of_month
@@ -43,8 +44,7 @@ from mdiff.grid import LatLonGrid
 log = logging.getLogger(__name__)
 
 NORMS = {"conservative_normalised": "fracarea", "conservative": "destarea"}
-# SST may be undefined only where some land is: a NaN in a cell without land is bad data.
-OPEN_OCEAN_LSM = 1e-6
+OPEN_OCEAN_LSM = checks.OPEN_OCEAN_LSM  # SST may be undefined only where some land is
 FORCING_CHANNELS = (V.channel("sst"), V.channel("siconc"))
 
 
@@ -224,6 +224,17 @@ def mask_ocean_forcing(sst: np.ndarray, siconc: np.ndarray, lsm: np.ndarray,
     return sst, np.where(undefined, np.nan, ice)
 
 
+# Conservative remapping of values inside a range stays inside it up to rounding.
+PLAUSIBLE_SLACK = 1e-4
+
+
+def _check_forcing(sst: np.ndarray, siconc: np.ndarray, where: str, months, grid: LatLonGrid) -> None:
+    """SST and sea ice on the model grid, before masking and clipping: plausible where defined
+    (a fill value stored without _FillValue, degC or percent would otherwise pass through)."""
+    checks.check_plausible(np.stack([sst, siconc], axis=1), FORCING_CHANNELS, f"{where} (regridded)",
+                           times=months, lat=grid.lat, lon=grid.lon, slack=PLAUSIBLE_SLACK)
+
+
 # --------------------------------------------------------------------- prepared files
 
 
@@ -241,6 +252,9 @@ def prepare_statics(invariant: list[str], grid: LatLonGrid, weights: dict[str, s
         fields = remap_channels(invariant, V.STATIC, grid, weights, None, Path(tmp))
     for ch in V.STATIC:
         _require_finite(fields[ch.name], ch, str(invariant[0]))
+    array = np.stack([fields[c.name][0] for c in V.STATIC], axis=0)
+    checks.check_plausible(array, V.STATIC, f"{', '.join(invariant)} (regridded)", lat=grid.lat, lon=grid.lon,
+                           slack=PLAUSIBLE_SLACK)
     fields["lsm"] = np.clip(fields["lsm"], 0.0, 1.0)
     array = np.stack([fields[c.name][0] for c in V.STATIC], axis=0)
     ds = P.channels_to_dataset(array, V.STATIC, P.skeleton(grid, None, _attrs("statics", invariant)),
@@ -266,8 +280,11 @@ def prepare_state_year(raw: list[str], first: str, last: str, grid: LatLonGrid,
         fields = remap_channels(raw, V.STATE + FORCING_CHANNELS, grid, weights, months, Path(tmp))
     for ch in V.STATE:
         _require_finite(fields[ch.name], ch, where)
-    sst, ice = mask_ocean_forcing(fields["sst"], fields["siconc"], lsm, where)
     state = np.stack([fields[c.name] for c in V.STATE], axis=1)
+    checks.check_plausible(state, V.STATE, f"{where} (regridded)", times=months, lat=grid.lat, lon=grid.lon,
+                           slack=PLAUSIBLE_SLACK)
+    _check_forcing(fields["sst"], fields["siconc"], where, months, grid)
+    sst, ice = mask_ocean_forcing(fields["sst"], fields["siconc"], lsm, where)
     ds = P.skeleton(grid, months, _attrs(f"state {year}", raw))
     ds = P.channels_to_dataset(state, V.STATE, ds)
     ds = P.channels_to_dataset(np.stack([sst, ice], axis=1), FORCING_CHANNELS, ds)
@@ -295,6 +312,7 @@ def prepare_forcing(aimip: str, first: str, last: str, grid: LatLonGrid,
         E.check_units(ds[name].attrs.get("units"), ch, name, aimip)
         values = np.asarray(ds[name].transpose(tname, "lat", "lon").values, dtype=np.float64)
         fields[ch.name] = monthly_means_from_start_of_month(values, starts, months, aimip)
+    _check_forcing(fields["sst"], fields["siconc"], aimip, months, grid)
     sst, ice = mask_ocean_forcing(fields["sst"], fields["siconc"], lsm, aimip)
     ds_out = P.skeleton(grid, months, {**_attrs("inference forcing", [aimip]),
                                        "title": "mdiff prepared forcing: AI-MIP SST and sea ice as monthly "

@@ -16,6 +16,7 @@ import numpy as np
 from mdiff import variables as V
 from mdiff.grid import LatLonGrid
 
+from . import checks
 from . import prepared as P
 from .normalize import forward_transform
 
@@ -92,6 +93,8 @@ def _transformed(x: np.ndarray, channels) -> np.ndarray:
 
 
 def compute_statistics(state_files, statics_file, grid: LatLonGrid, period: list[str]) -> dict:
+    # every month of the period once, plausible values, SST defined over open ocean
+    checks.check_state_files(state_files, grid, period, statics_file)
     first, last = (P.parse_month(m) for m in period)
     dynamic = V.STATE + V.FORCING[:2]  # sst, siconc from the training-time (ERA5 monthly-mean) forcing
     moments = _Moments(len(dynamic))
@@ -163,7 +166,8 @@ def read_statistics(path) -> dict:
     except FileNotFoundError:
         raise P.PreparedDataError(f"{path}: normalisation statistics file does not exist") from None
     except Exception as err:  # noqa: BLE001 -- netCDF4/HDF5 errors on damaged files
-        raise P.PreparedDataError(f"{path}: cannot be read as mdiff normalisation statistics ({err})") from err
+        raise P.PreparedDataError(f"{path}: cannot be read as the normalisation statistics ({err}); truncated or "
+                                  "corrupt? expected the file written by `mdiff stats`") from err
     missing = [k for k in ("mean", "std", "transform", "climatology") if k not in ds]
     if missing:
         raise P.PreparedDataError(f"{path}: variables {missing} missing; expected a file written by `mdiff stats`")

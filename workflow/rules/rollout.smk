@@ -15,6 +15,7 @@ rule rollout:
         forcing=PREPARED_FORCING,
         initial_state=state_files([CFG.periods.run_start, CFG.periods.run_start]),
         normalization=NORMALIZATION,
+        statics=PREPARED_STATICS,
     output:
         f"{RESULTS}/rollout/{{experiment}}/members_{{first}}-{{last}}.nc",
     wildcard_constraints:
@@ -37,7 +38,8 @@ rule rollout:
     shell:
         "mdiff rollout --settings {params.settings:q} --checkpoint {input.checkpoint:q}"
         " --forcing {input.forcing:q} --initial-state {input.initial_state:q}"
-        " --normalization {input.normalization:q} --experiment {wildcards.experiment}"
+        " --normalization {input.normalization:q} --statics {input.statics:q}"
+        " --experiment {wildcards.experiment}"
         " --members {wildcards.first}-{wildcards.last} --output {output:q} --threads {threads}"
         " --no-progress > {log:q} 2>&1"
 
