@@ -65,12 +65,13 @@ def run(setting: str, seed: int, workdir: Path, sets: list[str], world_seed: int
     import torch
 
     from mdiff.data import prepared as P
+    from mdiff.train import code_version
     from mdiff.data.statistics import compute_statistics, write_statistics
     from mdiff.data.synthetic import write_world
     from mdiff.evaluate.report import Inputs, evaluate
     from mdiff.grid import LatLonGrid
     from mdiff.rollout import rollout_file
-    from mdiff.train import TrainOptions, code_version, train
+    from mdiff.train import TrainOptions, train
 
     timings: dict[str, float] = {}
     cfg = C.load_config("config/config.yaml")
@@ -89,7 +90,8 @@ def run(setting: str, seed: int, workdir: Path, sets: list[str], world_seed: int
         model_data["train"]["epochs"] = epochs
     model_file = C.from_dict(C.ModelFile, model_data, source=f"{model_path} + --set")
 
-    world = workdir / f"world_{grid.nlat}x{grid.nlon}_seed{world_seed}"
+    code = code_version()["git"] or "unknown"
+    world = workdir / f"world_{grid.nlat}x{grid.nlon}_seed{world_seed}_{code}"
     prepared, truth = world / "prepared", world / "truth"
     stats = world / "stats" / "normalization.nc"
     t0 = time.perf_counter()
@@ -106,7 +108,7 @@ def run(setting: str, seed: int, workdir: Path, sets: list[str], world_seed: int
 
     # the resolved configs (defaults included) and the code version: either changed, a new run
     what = {"model": C.to_dict(model_file), "grid": [grid.nlat, grid.nlon], "members": members,
-            "world_seed": world_seed, "code": code_version()["git"]}
+            "world_seed": world_seed, "code": code}
     digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:8]
     run_dir = workdir / f"run_{setting}_seed{seed}_{digest}"
     run_dir.mkdir(parents=True, exist_ok=True)

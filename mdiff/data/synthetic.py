@@ -10,9 +10,10 @@ can be *scored* without downloading anything. Built from a few analytic ingredie
 - the atmosphere responds to SST as the real one does, through mechanisms that every
   year exercises: air over open water follows the local SST; land and ice-covered ocean
   warm with the SST anomaly of the *surrounding* ocean (heat and moisture carried inland:
-  a normalised Gaussian average over ocean within ~20 degrees, ``L``); the circulation,
-  sea-level pressure and the stratosphere respond to the large-scale ocean anomaly (the
-  same average within ~40 degrees, ``B``); the ENSO index E(t) drives planted
+  a normalised Gaussian average over ocean within ~20 degrees, ``L``); the air over sea ice,
+  the circulation, sea-level pressure and the stratosphere respond to the large-scale ocean
+  anomaly (the same average within ~40 degrees, ``B``: under the ice the SST is pinned at
+  freezing, so only a wide reach sees open water that varies); the ENSO index E(t) drives planted
   teleconnections. ENSO, the decadal modes and the noise move ``L`` and ``B`` in the
   training years, so the response to a uniform warming is identifiable from them.
   Internal variability is an NAO-like dipole N(t) plus spatially coherent AR(1) noise.
@@ -51,8 +52,8 @@ EXPERIMENT_OFFSETS = {"aimip-p2k": 2.0, "aimip-p4k": 4.0}
 ANALYSIS = ("1979-01", "2024-12")
 N_PATTERNS = 24  # coherent noise modes per field family
 N_DECADAL = 4  # slow large-scale SST modes (PDO/AMO-like and a near-uniform one)
-LAND_REACH_DEG = 20.0  # angular scale of the ocean that land and sea ice feel (L)
-BROAD_REACH_DEG = 40.0  # ... that the circulation and the stratosphere feel (B)
+LAND_REACH_DEG = 20.0  # angular scale of the ocean that land feels (L)
+BROAD_REACH_DEG = 40.0  # ... that the air over sea ice, the circulation and the stratosphere feel (B)
 LEVELS = np.array(V.PRESSURE_LEVELS_HPA, dtype=np.float64)
 
 
@@ -191,8 +192,9 @@ class SyntheticWorld:
         n = len(months)
         self.enso = 0.9 * _ar1(rng, n, 1, 0.93)[:, 0]  # K, ~ Nino3.4 anomaly
         self.sst_noise = 0.3 / np.sqrt(N_PATTERNS) * _ar1(rng, n, N_PATTERNS, 0.8)
-        # slow modes: a near-uniform one and three planetary-scale ones (~5-year memory)
-        self.decadal = 0.2 * _ar1(rng, n, N_DECADAL, 0.985)
+        # slow modes: a near-uniform one and three planetary-scale ones (~5-year memory); their
+        # 0.4 K exercises the response to large-scale warming in the training years
+        self.decadal = 0.4 * _ar1(rng, n, N_DECADAL, 0.985)
         self.decadal_patterns = _decadal_patterns(grid, rng, N_DECADAL)
         self.land_reach = OceanAverage(grid, self.geo.ocean, LAND_REACH_DEG)
         self.broad_reach = OceanAverage(grid, self.geo.ocean, BROAD_REACH_DEG)
@@ -283,17 +285,17 @@ class SyntheticWorld:
         N = drivers["nao"][sl][:, None, None] * (1.1 + 0.5 * np.cos(2 * np.pi * (moy - 1) / 12.0))[:, None, None]
         s2 = np.sin(phi) ** 2
 
-        # near-surface air temperature: open water follows the local SST, land and sea ice
-        # the surrounding ocean's anomaly L
+        # near-surface air temperature: open water follows the local SST, land the surrounding
+        # ocean's anomaly L, sea ice the large-scale one B
         t_land = 300.0 - 45.0 * s2 + 14.0 * np.sin(phi) * ann * np.abs(np.sin(phi)) ** 0.5 - 0.0065 * h
         t_ice = 258.0 - 10.0 * winter * np.abs(np.sin(phi))
         open_water = sst - 1.0
-        ocean_air = (1.0 - ice) * open_water + ice * (t_ice + self.resp_ice * L)
+        ocean_air = (1.0 - ice) * open_water + ice * (t_ice + self.resp_ice * B)
         anomaly = (lsm * (self.resp_land * L + E * self.enso_tas_land) + N * self.nao_tas
                    + self._noise(drivers["t"][sl], 0.8) * (0.4 + lsm))
         tas = (1.0 - lsm) * ocean_air + lsm * t_land + anomaly
         ts = tas + (1.0 - lsm) * (1.0 - ice) * 1.0 + lsm * (1.0 + 1.5 * ann * np.sin(phi)) - 1.5 * ice
-        surface_anomaly = (1.0 - lsm) * (1.0 - ice) * sst_anom + (1.0 - lsm) * ice * self.resp_ice * L + anomaly
+        surface_anomaly = (1.0 - lsm) * (1.0 - ice) * sst_anom + (1.0 - lsm) * ice * self.resp_ice * B + anomaly
 
         # temperature profile: lapse rate in the troposphere, amplified response aloft
         height_km = 7.3 * np.log(1000.0 / LEVELS)

@@ -21,7 +21,7 @@ from mdiff.grid import LatLonGrid
 
 from . import metrics as M
 
-CANDIDATE_COMPONENTS = (4, 8, 16, 32, 64)
+CANDIDATE_COMPONENTS = (4, 8, 16, 32)  # at most one predictor per ~11 training months
 
 
 @dataclass
