@@ -65,13 +65,12 @@ def run(setting: str, seed: int, workdir: Path, sets: list[str], world_seed: int
     import torch
 
     from mdiff.data import prepared as P
-    from mdiff.train import code_version
     from mdiff.data.statistics import compute_statistics, write_statistics
     from mdiff.data.synthetic import write_world
     from mdiff.evaluate.report import Inputs, evaluate
     from mdiff.grid import LatLonGrid
     from mdiff.rollout import rollout_file
-    from mdiff.train import TrainOptions, train
+    from mdiff.train import TrainOptions, code_version, train
 
     timings: dict[str, float] = {}
     cfg = C.load_config("config/config.yaml")
