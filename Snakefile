@@ -19,6 +19,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/rollout.smk"
 include: "workflow/rules/aimip.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/submission.smk"
 
 
 rule all:

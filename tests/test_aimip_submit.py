@@ -55,7 +55,7 @@ def make_tree(tmp: Path) -> Path:
     root = tmp / "aimip"
     rng = np.random.default_rng(0)
     for i, size in enumerate([100, 2048, 70_000, 11 * 2**20 + 123]):
-        p = root / "mdiff" / "mdiff-MD15" / "aimip" / f"r{i + 1}i1p1f1" / "mon" / "tas" / f"f{i}.nc"
+        p = root / "mdiff" / "mdiff-MD15" / "aimip" / f"r{i + 1}i1p1f1" / "Amon" / "tas" / f"f{i}.nc"
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(rng.bytes(size))
     (tmp / "report.json").write_text(json.dumps({"passed": True, "root": str(root), "errors": []}))
