@@ -18,6 +18,7 @@ test: setup
 
 lint: setup
 	ruff check .
+	snakefmt --check .
 	snakemake --lint
 
 # The benchmarks of docs/benchmarks.md (each prints `<metric>=<number>` last).

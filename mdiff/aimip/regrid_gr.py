@@ -204,8 +204,6 @@ def main(args) -> int:
     cfg = load_settings(args)
     if args.experiment not in EXPERIMENTS:
         raise CmorizeError(f"experiment {args.experiment!r} is not an AI-MIP experiment {list(EXPERIMENTS)}")
-    if "gr" not in cfg.aimip.grids:
-        raise CmorizeError(f"aimip.grids is {cfg.aimip.grids}: add gr to write the 1-degree files")
     files = regrid_member(cfg, args.root, args.experiment, args.member, args.file_list, args.cdo)
     log.info("wrote %d gr files for %s r%d", len(files), args.experiment, args.member)
     return 0

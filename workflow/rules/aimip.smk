@@ -1,29 +1,9 @@
-# AI-MIP files: CMOR rewriting per (experiment, member), validation of the whole tree
-# (part of `all`), and the upload (target rule `submit_aimip`, never part of `all`).
+# AI-MIP files: CMOR rewriting per (experiment, member) on the native grid (gn) and, if
+# aimip.grids has gr, the 1-degree copy; validation of the whole tree (part of `all`).
 import os
 
-from mdiff.aimip import drs
-from mdiff.aimip.varmap import load_variable_map
-
-AIMIP_ROOT = f"{RESULTS}/aimip"
-AIMIP_VARIABLES = list(load_variable_map())
 AIMIP_MEMBERS = list(range(1, CFG.rollout.members + 1))
 AIMIP_GRIDS = CFG.aimip.grids  # gn, and gr (1 degree, regridded from gn) if configured
-
-
-def aimip_files(grid, experiment="{experiment}", member="{member}"):
-    """The AI-MIP files of one member on one grid (wildcard patterns by default)."""
-    return [
-        f"{AIMIP_ROOT}/{f.relpath}"
-        for f in drs.member_files(
-            CFG.aimip, CFG.periods, AIMIP_VARIABLES, experiment, member, grid
-        )
-    ]
-
-
-def cmorize_listing(grid, experiment="{experiment}", member="{member}"):
-    suffix = "" if grid == "gn" else f"_{grid}"
-    return f"{RESULTS}/cmorize/{experiment}/r{member}i1p1f1{suffix}.json"
 
 
 # The whole tree: every grid, experiment and member.
@@ -42,7 +22,11 @@ VALIDATION_MD = f"{RESULTS}/validation/report.md"
 # Validation runs the CF checkers of the main env and PrePARE of the CMOR interpreter
 # (in the conda env, all three are in envs/cmor.yaml).
 if os.path.exists(".venv-cmor/bin/mdiff"):
-    CMOR_MDIFF, CMOR_PYTHON, VALIDATE_MDIFF = ".venv-cmor/bin/mdiff", ".venv-cmor/bin/python", "mdiff"
+    CMOR_MDIFF, CMOR_PYTHON, VALIDATE_MDIFF = (
+        ".venv-cmor/bin/mdiff",
+        ".venv-cmor/bin/python",
+        "mdiff",
+    )
 else:
     CMOR_MDIFF = VALIDATE_MDIFF = "python -m mdiff.cli"
     CMOR_PYTHON = "python"
@@ -57,13 +41,16 @@ rule cmorize:
     input:
         # the rollout batch holding the member (batches: consecutive blocks of member_batch)
         rollout=lambda w: "{}/rollout/{}/members_{:03d}-{:03d}.nc".format(
-            RESULTS, w.experiment, *drs.member_batch(int(w.member), CFG.rollout.members,
-                                                     CFG.rollout.member_batch)),
+            RESULTS,
+            w.experiment,
+            *drs.member_batch(int(w.member), CFG.rollout.members, CFG.rollout.member_batch),
+        ),
     output:
         files=aimip_files("gn"),
         listing=cmorize_listing("gn"),
     params:
-        settings=settings("grid", "periods", "aimip"),
+        # aimip.grids is not used here: adding gr reruns no gn job
+        settings=settings("grid", "periods", "aimip", drop=["aimip.grids"]),
         root=lambda w, output: drs.tree_root(output.files[0], CFG.aimip),
         mdiff=CMOR_MDIFF,
     log:
@@ -90,7 +77,8 @@ rule cmorize_gr:
         files=aimip_files("gr"),
         listing=cmorize_listing("gr"),
     params:
-        settings=settings("grid", "periods", "aimip"),
+        # aimip.grids is not used here: adding gr reruns no gn job
+        settings=settings("grid", "periods", "aimip", drop=["aimip.grids"]),
         root=lambda w, output: drs.tree_root(output.files[0], CFG.aimip),
         mdiff=CMOR_MDIFF,
     log:
@@ -118,7 +106,7 @@ rule validate_submission:
         ],
     output:
         json=VALIDATION_REPORT,
-        md=VALIDATION_MD,
+        md=report(VALIDATION_MD, caption="../report/validation.rst", category="AI-MIP files"),
     params:
         settings=settings("grid", "periods", "rollout", "aimip"),
         root=lambda w, input: drs.tree_root(input.files[0], CFG.aimip),

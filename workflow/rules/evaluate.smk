@@ -27,7 +27,12 @@ rule evaluate:
     output:
         html=f"{REPORT}/index.html",
         scores=f"{REPORT}/scores.json",
-        figures=directory(f"{REPORT}/figures"),
+        figures=report(
+            directory(f"{REPORT}/figures"),
+            patterns=["{name}.png"],
+            caption="../report/figures.rst",
+            category="Evaluation",
+        ),
     params:
         settings=settings("grid", "source", "evaluate"),
         truth=lambda w, input: f"--truth {os.path.dirname(input.truth[0])}" if input.truth else "",

@@ -3,7 +3,8 @@
 # upload of the whole root with object-by-object verification (`submit_aimip`, never
 # part of `all`).
 SUBMISSION_ROOT = f"{AIMIP_ROOT}/{drs.submission_root(CFG.aimip)}"
-SUBMISSION_PACKAGE = [f"{SUBMISSION_ROOT}/{name}" for name in drs.PACKAGE_FILES]
+# README.md (the dataset card) first, then LICENSE and weights/
+SUBMISSION_CARD, *SUBMISSION_FILES = [f"{SUBMISSION_ROOT}/{n}" for n in drs.PACKAGE_FILES]
 SUBMISSION_CHECKSUMS = f"{SUBMISSION_ROOT}/{drs.CHECKSUMS}"
 SUBMISSION_MANIFEST = f"{RESULTS}/submission/manifest.json"
 
@@ -19,11 +20,16 @@ rule package_submission:
         scores=f"{REPORT}/scores.json",
         rollout=ROLLOUT_FILES,
     output:
-        package=SUBMISSION_PACKAGE,
+        card=report(
+            SUBMISSION_CARD,
+            caption="../report/dataset_card.rst",
+            category="AI-MIP files",
+        ),
+        files=SUBMISSION_FILES,
         checksums=SUBMISSION_CHECKSUMS,
     params:
         settings=settings("grid", "periods", "rollout", "aimip", "source", "model"),
-        root=AIMIP_ROOT,
+        root=lambda w, input: drs.tree_root(input.files[0], CFG.aimip),
     log:
         f"{LOGS}/package_submission.log",
     resources:
@@ -44,13 +50,13 @@ rule submit_aimip:
     input:
         report=VALIDATION_REPORT,
         files=AIMIP_TREE,
-        package=SUBMISSION_PACKAGE,
+        package=[SUBMISSION_CARD, *SUBMISSION_FILES],
         checksums=SUBMISSION_CHECKSUMS,
     output:
         manifest=SUBMISSION_MANIFEST,
     params:
         settings=settings("aimip", "submit"),
-        root=AIMIP_ROOT,
+        root=lambda w, input: drs.tree_root(input.files[0], CFG.aimip),
     log:
         f"{LOGS}/submit_aimip.log",
     resources:
