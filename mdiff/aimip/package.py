@@ -105,12 +105,12 @@ def model_card_facts(text: str) -> dict[str, str]:
     """The lines of the model card the dataset card quotes (None-safe: '' when absent)."""
     def line(prefix: str) -> str:
         m = re.search(rf"^- {re.escape(prefix)}\s*(.+?)$", text, flags=re.M)
-        return m[1].strip() if m else ""
+        return m[1].strip().rstrip(".") if m else ""
 
     code = re.search(r"^- Code version: (.+?)(?:\n\s+(.+?))?$", text, flags=re.M)
     return {"parameters": line("Parameters:"), "selection": line("Selection rule:"),
             "chosen": line("Chosen epoch:").replace("**", ""), "time": line("Training time:"),
-            "code": " ".join(g for g in (code.groups() if code else ()) if g)}
+            "code": " ".join(g for g in (code.groups() if code else ()) if g).rstrip(".")}
 
 
 def limitations(scores: dict) -> tuple[list[str], list[list[str]]]:
@@ -124,19 +124,21 @@ def limitations(scores: dict) -> tuple[list[str], list[list[str]]]:
         verdict = ""
         if value is None:
             verdict = "undefined"
-        elif "pattern_correlation" in name and not name.endswith("_truth"):
+        elif name.endswith("_truth"):
+            verdict = "truth realisations (the ceiling)"
+        elif "pattern_correlation" in name:
             ceiling = items.get(name.replace("_emulator", "_truth"), {}).get("value") \
                 if name.endswith("_emulator") else None
             if value < CORRELATION_MIN:
                 verdict = f"below {CORRELATION_MIN}"
             elif ceiling is not None and value < ceiling - TRUTH_GAP:
                 verdict = f"{ceiling - value:.2f} below the truth realisations ({ceiling:.2f})"
-        elif ("ratio" in name) and not name.endswith("_truth"):
+        elif "ratio" in name:
             if not RATIO_RANGE[0] <= value <= RATIO_RANGE[1]:
                 verdict = f"outside {RATIO_RANGE[0]}..{RATIO_RANGE[1]}"
         rows.append([f"`{name}`", "n/a" if value is None else f"{value:.3g}", item.get("units", ""),
                      verdict or "ok" if ("ratio" in name or "correlation" in name) else "-"])
-        if verdict and verdict != "undefined":
+        if verdict and verdict not in ("undefined", "truth realisations (the ceiling)"):
             flagged.append(f"`{name}` = {value:.3g} ({verdict}): {item.get('description', '')}")
     return flagged, rows
 
@@ -185,8 +187,11 @@ def dataset_card(cfg: Config, validation: dict, scores: dict, model_card: str, s
         limits = ("- No perfect-model scores (real data has no known truth): see the evaluation's E1–E5 "
                   "scores against ERA5.")
     perfect = (_table(["score", "value", "units", "verdict"], rows) if rows else "(none: real data)")
-    spinup = (" October–December 1978 is spin-up; the analysis period is 1979–2024."
+    spinup = (f" October–December 1978 is spin-up; the analysis period is 1979-01 .. {p.run_end}."
               if p.run_start == "1978-10" else "")
+    runs = [seeds.get(exp) for exp in cfg.rollout.experiments]
+    same = (" The warmed runs use the same member seeds as `aimip`."
+            if len(runs) > 1 and all(r and r == runs[0] for r in runs) else "")
     return f"""# {a.source_id}: AI-MIP monthly output
 
 {a.source}. Produced by {a.institution} (`{a.institution_id}`); contact: {a.contact}.
@@ -221,8 +226,8 @@ Data version `{a.version}`. Licence: {LICENSE_ID} (`LICENSE`).
 
 ## Experiments and members
 Every run starts from the state of {p.run_start} and steps monthly to {p.run_end} ({months}
-months).{spinup} Members differ only by the random generator of the diffusion sampler, seeded per
-member from the base seed {cfg.rollout.seed}; the warmed runs use the same seeds as `aimip`.
+months).{spinup} All members start from the same state; they differ by the random generator of
+the diffusion sampler, seeded per member from the base seed {cfg.rollout.seed}.{same}
 
 {_table(["experiment", "SST", "members", "member seeds"], exp_rows)}
 

@@ -12,8 +12,8 @@
 - Writes a manifest (key, size, sha256, etag, action); ``--dry-run`` only lists.
 - With ``--checksums`` (the submission root's ``MANIFEST.sha256``): the local files must
   match it before anything is uploaded, each object carries its sha256 as user metadata,
-  and after the upload every remote object is verified against it
-  (``mdiff.aimip.verify``); mismatches are all named and the command fails.
+  and after the upload every remote object is verified (size, sha256 metadata, ETag;
+  ``mdiff.aimip.verify``); mismatches are all named and the command fails.
   ``--verify-only`` re-checks the remote copy without uploading.
 """
 
@@ -184,8 +184,8 @@ def upload(cfg: Config, root: str | Path, manifest: str | Path | None = None, dr
         raise SubmitError(f"{len(bad)} of {len(checks)} object(s) do not match after the upload"
                           f"{f' (details: {failed})' if failed else ''}: "
                           + "; ".join(f"{c['key']} ({c['status']}: {c['detail']})" for c in bad))
-    log.info("verified %d objects (%d by sha256 metadata, %d by ETag)", len(checks),
-             result["by_sha256_metadata"], result["by_etag"])
+    log.info("verified %d objects (size and ETag; %d also by sha256 metadata)", len(checks),
+             result["with_sha256_metadata"])
     if manifest:
         write_json(manifest, doc)
     return entries
