@@ -48,8 +48,18 @@ def test_default_dag_reaches_every_stage(tmp_path):
     # results in a fresh folder: the DAG must not depend on what a developer already ran
     out = snakemake("-n", "--quiet", "rules", "--config", f"results={tmp_path / 'results'}", "--", "all").stdout
     for rule in ("synthesize_world", "normalization_stats", "train", "rollout", "cmorize",
-                 "validate_submission", "evaluate"):
+                 "validate_submission", "evaluate", "package_submission"):
         assert rule in out
+    assert "cmorize_gr" not in out and "evaluate_gr" not in out and "submit_aimip" not in out
+
+
+def test_grids_gn_gr_dag_adds_the_one_degree_tree_and_its_scores(tmp_path):
+    out = snakemake("all", "-n", "--quiet", "rules", "--config", f"results={tmp_path / 'results'}",
+                    'aimip={"grids": ["gn", "gr"]}').stdout
+    counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
+              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert counts["cmorize_gr"] == counts["cmorize"] == 15  # 3 experiments x 5 members
+    assert counts["evaluate_gr"] == 1 and counts["validate_submission"] == 1
 
 
 def test_bad_config_key_fails_with_the_key(tmp_path):
