@@ -87,12 +87,12 @@ def month_index(months: np.ndarray, first: str, last: str) -> np.ndarray:
 
 
 def anomalies(x: np.ndarray, months: np.ndarray) -> np.ndarray:
-    """Minus the mean of the same calendar month (time on axis 0)."""
+    """Minus the mean of the same calendar month (time on axis 0); float32 out."""
     moy = months.astype(int) % 12
     out = np.empty_like(x, dtype=np.float32)
     for m in range(12):
         sel = moy == m
-        out[sel] = x[sel] - x[sel].mean(axis=0, keepdims=True)
+        out[sel] = x[sel] - x[sel].mean(axis=0, keepdims=True, dtype=np.float64)
     return out
 
 
@@ -126,6 +126,26 @@ def pattern_correlation(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> float:
 def amplitude_ratio(estimate: np.ndarray, reference: np.ndarray, w: np.ndarray) -> float:
     den = float(wmean(reference * reference, w))
     return float(wmean(estimate * reference, w)) / den if den > 0 else float("nan")
+
+
+def field_stats(x: np.ndarray, months: np.ndarray, periods: list[list[str]], nino: np.ndarray, w: np.ndarray,
+                full: bool) -> dict:
+    """What the scores need of one member (or the reference), x = (time, level, lat, lon)
+    float32, level by level to bound memory: the time mean and, with ``full``, the period
+    means, the trends of global-mean anomalies per period (level, period) and the
+    regression maps on the index (level, lat, lon)."""
+    out = {"time_mean": x.mean(axis=0, dtype=np.float64)}
+    if full:
+        sels = [month_index(months, *p) for p in periods]
+        out["means"] = [x[s].mean(axis=0, dtype=np.float64) for s in sels]
+        trends, maps = [], []
+        for li in range(x.shape[1]):
+            an = anomalies(x[:, li], months)
+            gm = wmean(an, w)
+            trends.append([trend_per_decade(gm[s], months[s]) for s in sels])
+            maps.append(regression(an, nino))
+        out["trends"], out["regression"] = np.array(trends), np.array(maps)
+    return out
 
 
 # --------------------------------------------------------------- the reference on 1°
@@ -257,61 +277,42 @@ def score(cfg: C.Config, root: str | Path, state: list[Path], output: str | Path
                    "Nino3.4 index (1-degree SST, 3-month running mean)")
         for name, spec in varmap.items():
             levels = list(spec.levels_pa) or [None]
-            ref = read_levels(ref_path, name, ref_all)
-            sums: dict[str, dict] = {}
-            for exp in experiments:
-                acc: dict[str, list] = {"means": [], "time_mean": [], "trends": [], "regression": []}
-                for k in members:
-                    x = read_levels(gr_file(name, exp, k), name, sel).astype(np.float64)
-                    acc["time_mean"].append(x.mean(axis=0))
-                    if exp == "aimip":
-                        acc["means"].append([x[month_index(months, *p)].mean(axis=0) for p in ev.periods])
-                        an = anomalies(x, months)
-                        gm = wmean(an, w_all)
-                        acc["trends"].append([trend_per_decade(gm[month_index(months, *p)],
-                                                               months[month_index(months, *p)]) for p in ev.periods])
-                        acc["regression"].append(regression(an, nino))
-                    del x
-                sums[exp] = acc
-            ref = ref.astype(np.float64)
-            ref_anom = anomalies(ref, months)
-            ref_gm = wmean(ref_anom, w_all)
-            ref_reg = regression(ref_anom, nino)
+            stats = {exp: [field_stats(read_levels(gr_file(name, exp, k), name, sel), months, ev.periods, nino,
+                                       w_all, full=exp == "aimip") for k in members] for exp in experiments}
+            ref = field_stats(read_levels(ref_path, name, ref_all), months, ev.periods, nino, w_all, full=True)
             units = spec.units
-            a = sums["aimip"]
+            a = stats["aimip"]
             for li, lev in enumerate(levels):
                 lab = label(name, lev)
                 for pi, p in enumerate(ev.periods):
                     tag = f"{p[0][:4]}-{p[1][:4]}"
-                    bias = np.mean([m[pi][li] for m in a["means"]], axis=0) - \
-                        ref[month_index(months, *p), li].mean(axis=0)
+                    bias = np.mean([m["means"][pi][li] for m in a], axis=0) - ref["means"][pi][li]
                     scores.add(f"organisers.e1.bias_rms.{lab}.{tag}", math.sqrt(float(wmean(bias ** 2, w_band))),
                                units, f"RMS (cos-lat, |lat| <= {ev.max_abs_lat:g}) of the time-mean bias of the "
                                f"ensemble mean, {p[0]}..{p[1]}, 1-degree gr files vs the reference")
                     scores.add(f"organisers.e1.bias_mean.{lab}.{tag}", wmean(bias, w_all), units,
                                "global mean (cos-lat) of that bias")
-                    member_trends = np.array([t[pi][li] for t in a["trends"]])
-                    ref_trend = trend_per_decade(ref_gm[month_index(months, *p), li], months[month_index(months, *p)])
+                    member_trends = np.array([m["trends"][li, pi] for m in a])
                     scores.add(f"organisers.e2.trend.{lab}.{tag}.emulator", member_trends.mean(), f"{units} decade-1",
                                "mean over members of the trend of global-mean monthly anomalies")
                     scores.add(f"organisers.e2.trend.{lab}.{tag}.emulator_member_std", member_trends.std(ddof=1)
                                if len(member_trends) > 1 else None, f"{units} decade-1", "spread of those trends")
-                    scores.add(f"organisers.e2.trend.{lab}.{tag}.reference", ref_trend, f"{units} decade-1",
-                               "trend of the reference's global-mean monthly anomalies")
+                    scores.add(f"organisers.e2.trend.{lab}.{tag}.reference", ref["trends"][li, pi],
+                               f"{units} decade-1", "trend of the reference's global-mean monthly anomalies")
                 if lab in E3_FIELDS:
-                    em_reg = np.mean([r[li] for r in a["regression"]], axis=0)
+                    em_reg = np.mean([m["regression"][li] for m in a], axis=0)
                     scores.add(f"organisers.e3.regression.{lab}.pattern_correlation",
-                               pattern_correlation(em_reg, ref_reg[li], w_all), "1",
+                               pattern_correlation(em_reg, ref["regression"][li], w_all), "1",
                                "cos-lat pattern correlation of the regression maps on Nino3.4, emulator vs reference")
                     scores.add(f"organisers.e3.regression.{lab}.amplitude_ratio",
-                               amplitude_ratio(em_reg, ref_reg[li], w_all), "1",
+                               amplitude_ratio(em_reg, ref["regression"][li], w_all), "1",
                                "<e, r> / <r, r> of the regression maps (cos-lat)")
                 if lab in E5_FIELDS:
-                    control = np.mean([t[li] for t in a["time_mean"]], axis=0)
+                    control = np.mean([m["time_mean"][li] for m in a], axis=0)
                     for exp in experiments:
                         if exp == "aimip":
                             continue
-                        warm = np.mean([t[li] for t in sums[exp]["time_mean"]], axis=0)
+                        warm = np.mean([m["time_mean"][li] for m in stats[exp]], axis=0)
                         resp = float(wmean(warm - control, w_all))
                         scores.add(f"organisers.e5.response.{lab}.{exp}", resp, units,
                                    f"global mean (cos-lat) of the time-mean response {exp} - aimip, "
