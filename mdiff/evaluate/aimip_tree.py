@@ -334,7 +334,7 @@ def score(cfg: C.Config, root: str | Path, state: list[Path], output: str | Path
 def markdown(doc: dict) -> str:
     lines = ["# AI-MIP metrics on the 1-degree gr tree (the organisers' way)", "",
              f"cos(lat) weights; E1 RMS over |lat| <= {doc['max_abs_lat']:g}; periods "
-             + ", ".join(f"{a}..{b}" for a, b in doc["periods"]) + f"; {doc['members']} members.", "",
+             + ", ".join(f"{a}..{b}" for a, b in doc["periods"]) + f"; members: {doc['members']}.", "",
              "| score | value | units |", "|---|---|---|"]
     for name, item in doc["scores"].items():
         v = item["value"]
