@@ -236,11 +236,14 @@ def test_missing_and_extra_files_are_caught(tree):
     victim = other / drs.submission_file(cfg.aimip, cfg.periods, "vas", "aimip", 2).relpath
     victim.unlink()
     (other / "notes.txt").write_text("stray")
+    # the submission root's own files (mdiff package) are tolerated, nothing else
+    (other / "mdiff/mdiff-MD15/weights").mkdir()
+    for name in ("README.md", "LICENSE", "MANIFEST.sha256", "weights/checkpoint.pt"):
+        (other / "mdiff/mdiff-MD15" / name).write_text("x")
     proc, report = _validate(cfg, other, tmp / "incomplete-report")
     assert proc.returncode == 1
     checks = {(e["file"], e["check"]) for e in report["errors"]}
-    assert (str(victim.relative_to(other)), "aimip:tree") in checks
-    assert ("notes.txt", "aimip:tree") in checks
+    assert checks == {(str(victim.relative_to(other)), "aimip:tree"), ("notes.txt", "aimip:tree")}
 
 
 @needs_cmor

@@ -167,3 +167,38 @@ def test_snakemake_report_builds_with_the_figures(tiny_run):
     assert html_path.stat().st_size > 100_000
     for wanted in [*figures, "model_card.md", "loss_curve.png", "report.md"]:
         assert wanted in html, wanted
+
+
+@pytest.mark.slow
+def test_gn_and_gr_trees_end_to_end(tmp_path):
+    """aimip.grids [gn, gr] through the whole workflow on a short run (1978-10..1981-12, 9x16):
+    both trees validated by PrePARE, the CF checkers and the own checks; the organisers'
+    metrics on the gr tree; the submission root covers both grids."""
+    wf = copy_workflow(tmp_path)
+    cfg = yaml.safe_load((wf / "config" / "config.yaml").read_text())
+    cfg.update(grid={"nlat": 9, "nlon": 16}, aimip={"grids": ["gn", "gr"]},
+               periods={"run_start": "1978-10", "run_end": "1981-12", "stats": ["1979-01", "1980-12"],
+                        "train": ["1980-01", "1980-12"], "validate": ["1979-01", "1979-12"]},
+               evaluate={"analysis": ["1979-01", "1981-12"], "periods": [["1979-01", "1980-06"], ["1980-07", "1981-12"]]})
+    cfg["synthetic"]["realizations"] = 2
+    cfg["rollout"].update(members=2, member_batch=2)
+    (wf / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    model = yaml.safe_load((wf / "config" / "model" / "small.yaml").read_text())
+    model["train"]["epochs"] = 1
+    (wf / "config" / "model" / "small.yaml").write_text(yaml.safe_dump(model))
+    snakemake("all", "--cores", "2", cwd=wf)
+    results = wf / "results" / "synthetic"
+    report = json.loads((results / "validation" / "report.json").read_text())
+    assert report["passed"] and report["files"] == report["prepare_scanned"] == 13 * 3 * 2 * 2
+    assert report["cfchecks_checked"] == report["compliance_checked"] == report["files"]
+    assert len(list((results / "aimip").rglob("*_gr_197810-198112.nc"))) == 13 * 3 * 2
+    scores = json.loads((results / "report" / "aimip_gr" / "scores.json").read_text())["scores"]
+    assert scores["organisers.e1.bias_rms.tas.1979-1980"]["value"] > 0
+    assert scores["organisers.e5.sensitivity.tas.aimip-p4k"]["value"] is not None
+    base = results / "aimip" / "mdiff" / "mdiff-MD15"
+    assert "| `gr` |" in (base / "README.md").read_text()
+    listed = (base / "MANIFEST.sha256").read_text()
+    assert listed.count("_gr_") == listed.count("_gn_") == 13 * 3 * 2
+    from aimip_loader import open_everything
+
+    assert len(open_everything(results / "aimip", grid="gr")) == 6
