@@ -32,6 +32,7 @@ faults: setup
 
 lint: setup
 	ruff check .
+	snakefmt --check .
 	snakemake --lint
 
 # The benchmarks of docs/benchmarks.md (each prints `<metric>=<number>` last).

@@ -9,6 +9,9 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
@@ -19,6 +22,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/rollout.smk"
 include: "workflow/rules/aimip.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/submission.smk"
 
 
 rule all:

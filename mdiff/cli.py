@@ -23,12 +23,21 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("mdiff.train", "joint training of the CVAE and the latent diffusion model"),
     "rollout": ("mdiff.rollout", "ensemble rollout of one experiment and member batch"),
     "cmorize": ("mdiff.aimip.cmorize", "rewrite rollout output as AI-MIP files with CMOR"),
+    "cmorize-gr": ("mdiff.aimip.regrid_gr", "regrid one member's AI-MIP files to 1 degree (gr) with CDO and CMOR"),
     "validate": ("mdiff.aimip.validate", "validate the AI-MIP tree (PrePARE, CF checkers, AI-MIP checks)"),
+    "package": ("mdiff.aimip.package", "the submission root: dataset card, licence, weights, sha256 manifest"),
     "submit": ("mdiff.aimip.submit", "upload the validated tree to the AI-MIP object store"),
-    "evaluate": ("mdiff.evaluate.report", "evaluation metrics, figures and HTML report"),
+    "evaluate": ("mdiff.evaluate.report", "evaluation metrics, figures and HTML report "
+                 "(with --aimip-root: the organisers' metrics on the 1-degree gr tree)"),
     "bench": ("mdiff.bench", "benchmarks (world, train, rollout, regrid)"),
     "params": ("mdiff.nn.summary", "print the parameter count of a model config"),
     "config-schema": ("mdiff.config_schema_cmd", "print the JSON schema of the workflow config"),
+}
+
+
+# A command whose work depends on one option: (command, option) -> module.
+VARIANTS: dict[tuple[str, str], str] = {
+    ("evaluate", "--aimip-root"): "mdiff.evaluate.aimip_tree",  # score the AI-MIP gr tree
 }
 
 
@@ -70,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"mdiff: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
+    module_name = next((m for (cmd, opt), m in VARIANTS.items()
+                        if cmd == name and any(a == opt or a.startswith(opt + "=") for a in rest)),
+                       COMMANDS[name][0])
+    module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"mdiff {name}", description=COMMANDS[name][1])
     module.add_arguments(parser)
     args = parser.parse_args(rest)

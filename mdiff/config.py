@@ -172,10 +172,11 @@ class AimipConfig:
     source: str = "mdiff MD-1.5: monthly latent diffusion emulator (SFNO CVAE + latent DDPM)"
     contact: str = "mdiff developers"
     version: str = "v20260101"  # version folder: fixed so outputs are predictable
-    # aimip: <institution>/<source>/<experiment>/<member>/mon/<var>/<grid>/<version>/
+    # aimip: <institution>/<source>/<experiment>/<member>/Amon/<var>/<grid>/<version>/
     # cmip6: CMIP6/AIMIP/<institution>/<source>/<experiment>/<member>/Amon/<var>/<grid>/<version>/
     layout: Literal["aimip", "cmip6"] = "aimip"
-    grid_label: Literal["gn", "gr"] = "gn"  # gn: the model's native grid
+    # gn: the model's native grid (required); gr: also a 1-degree tree regridded from it
+    grids: list[Literal["gn", "gr"]] = field(default_factory=lambda: ["gn"])
     deflate_level: int = 1  # NetCDF deflate level of the CMOR files (0 = none)
     block_months: int = 60  # months per cmor.write call (bounds the memory of one job)
 
@@ -187,6 +188,9 @@ class AimipConfig:
                                   "(no underscores, slashes or spaces: it is part of file names)")
         if len(self.version) != 9 or not self.version.startswith("v") or not self.version[1:].isdigit():
             raise ConfigError(f"aimip.version {self.version!r}: expected vYYYYMMDD")
+        if "gn" not in self.grids or len(set(self.grids)) != len(self.grids):
+            raise ConfigError(f"aimip.grids {self.grids}: expected [gn] or [gn, gr] (the native grid is "
+                              "required; gr is regridded from it)")
         if not 0 <= self.deflate_level <= 9 or self.block_months < 1:
             raise ConfigError("aimip.deflate_level must be 0..9 and aimip.block_months >= 1")
 

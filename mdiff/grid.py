@@ -99,6 +99,58 @@ class LatLonGrid:
         return (self.nlat + 1) // 2
 
 
+@dataclass(frozen=True)
+class RegularGrid:
+    """A regular, cell-centred latitude-longitude grid (no pole rows), e.g. the 1-degree
+    grid of AI-MIP's ``gr`` files and of the organisers' analysis: 180 x 360 cells, centres
+    at -89.5 .. 89.5 N and 0.5 .. 359.5 E. Rows south to north."""
+
+    nlat: int = 180
+    nlon: int = 360
+
+    @property
+    def resolution(self) -> float:
+        return 180.0 / self.nlat
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.nlat, self.nlon)
+
+    @cached_property
+    def lat_bounds(self) -> np.ndarray:
+        edges = np.linspace(-90.0, 90.0, self.nlat + 1)
+        return np.stack([edges[:-1], edges[1:]], axis=1)
+
+    @cached_property
+    def lon_bounds(self) -> np.ndarray:
+        edges = np.linspace(0.0, 360.0, self.nlon + 1)
+        return np.stack([edges[:-1], edges[1:]], axis=1)
+
+    @cached_property
+    def lat(self) -> np.ndarray:
+        return self.lat_bounds.mean(axis=1)
+
+    @cached_property
+    def lon(self) -> np.ndarray:
+        return self.lon_bounds.mean(axis=1)
+
+    @cached_property
+    def cell_area(self) -> np.ndarray:
+        """Exact cell areas on the unit sphere (steradians), shape (nlat, nlon); sum 4 pi."""
+        s = np.sin(np.deg2rad(self.lat_bounds))
+        band = (s[:, 1] - s[:, 0]) * (2 * np.pi / self.nlon)
+        return np.repeat(band[:, None], self.nlon, axis=1)
+
+    def cdo_grid(self) -> str:
+        """The grid as a CDO grid description file."""
+        return (f"gridtype = lonlat\nxsize = {self.nlon}\nysize = {self.nlat}\n"
+                f"xfirst = {self.lon[0]:g}\nxinc = {360.0 / self.nlon:g}\n"
+                f"yfirst = {self.lat[0]:g}\nyinc = {self.resolution:g}\n")
+
+
+ONE_DEGREE = RegularGrid(180, 360)
+
+
 def _is_torch(x) -> bool:
     return type(x).__module__.startswith("torch")
 

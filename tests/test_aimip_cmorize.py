@@ -50,7 +50,10 @@ def test_variable_map_covers_the_13_variables_with_table_units():
         assert table[name]["units"] == spec.units, name
     assert varmap["pr"].units == "kg m-2 s-1"
     assert varmap["zg"].units == "m" and varmap["zg"].sources == ("z500",)
-    assert table["zg"]["dimensions"].split() == ["longitude", "latitude", "time", "p500"]
+    # zg on a plev dimension of length 1 (the organisers' loader selects plev=[50000.])
+    assert table["zg"]["dimensions"].split() == ["longitude", "latitude", "plev1aimip", "time"]
+    assert varmap["zg"].levels_pa == (50000.0,) and varmap["ta"].levels_pa == AIMIP_LEVELS_PA
+    assert varmap["tas"].levels_pa == () and not varmap["tas"].has_plev
     assert LEVEL_AXIS in table["ta"]["dimensions"].split()
 
 
@@ -85,7 +88,7 @@ def test_nominal_resolution_cmip6_rule(nlat, label):
 def test_drs_paths_for_both_layouts():
     periods = C.PeriodsConfig()
     f = drs.submission_file(C.AimipConfig(), periods, "tas", "aimip-p2k", 3)
-    assert str(f.relpath) == ("mdiff/mdiff-MD15/aimip-p2k/r3i1p1f1/mon/tas/gn/v20260101/"
+    assert str(f.relpath) == ("mdiff/mdiff-MD15/aimip-p2k/r3i1p1f1/Amon/tas/gn/v20260101/"
                               "tas_Amon_mdiff-MD15_aimip-p2k_r3i1p1f1_gn_197810-202412.nc")
     assert drs.FILENAME.match(f.name)["experiment_id"] == "aimip-p2k"
     g = drs.submission_file(C.AimipConfig(layout="cmip6"), periods, "ta", "aimip", 1)
@@ -161,13 +164,16 @@ def test_cmor_values_equal_rollout(tree):
         with netCDF4.Dataset(root / f.relpath) as nc:
             nc.set_auto_mask(False)
             got = nc[f.variable][:]
+            if f.variable == "zg":
+                got = got[:, 0]
             assert got.dtype == np.float32
             np.testing.assert_allclose(got, expected[f.variable], rtol=2 * np.finfo(np.float32).eps,
                                        err_msg=f.variable)
             if f.variable == "ta":
                 np.testing.assert_array_equal(nc["plev"][:], AIMIP_LEVELS_PA)
             if f.variable == "zg":
-                assert float(nc["plev"][...]) == 50000.0
+                assert nc["zg"].dimensions == ("time", "plev", "lat", "lon")
+                np.testing.assert_array_equal(nc["plev"][:], [50000.0])
 
 
 @needs_cmor
@@ -230,11 +236,14 @@ def test_missing_and_extra_files_are_caught(tree):
     victim = other / drs.submission_file(cfg.aimip, cfg.periods, "vas", "aimip", 2).relpath
     victim.unlink()
     (other / "notes.txt").write_text("stray")
+    # the submission root's own files (mdiff package) are tolerated, nothing else
+    (other / "mdiff/mdiff-MD15/weights").mkdir()
+    for name in ("README.md", "LICENSE", "MANIFEST.sha256", "weights/checkpoint.pt"):
+        (other / "mdiff/mdiff-MD15" / name).write_text("x")
     proc, report = _validate(cfg, other, tmp / "incomplete-report")
     assert proc.returncode == 1
     checks = {(e["file"], e["check"]) for e in report["errors"]}
-    assert (str(victim.relative_to(other)), "aimip:tree") in checks
-    assert ("notes.txt", "aimip:tree") in checks
+    assert checks == {(str(victim.relative_to(other)), "aimip:tree"), ("notes.txt", "aimip:tree")}
 
 
 @needs_cmor
@@ -273,3 +282,89 @@ def test_member_batches_and_tree_root():
         aimip = C.AimipConfig(layout=layout)
         f = drs.submission_file(aimip, C.PeriodsConfig(), "pr", "aimip", 1)
         assert drs.tree_root(f"/x/results/aimip/{f.relpath}", aimip) == "/x/results/aimip"
+
+
+# ------------------------------------------------------------------- the 1-degree gr tree
+
+
+@pytest.fixture(scope="module")
+def gr_tree(tree):
+    """The `tree` fixture's files copied, plus their 1-degree gr files (aimip.grids [gn, gr])."""
+    cfg, tmp, rollout, root = tree
+    grcfg = make_config(tmp, grids=["gn", "gr"])
+    gr_root = tmp / "with-gr" / "aimip"
+    shutil.copytree(root, gr_root)
+    for member in (1, 2):
+        run_mdiff(["cmorize-gr", "--settings", settings_json(grcfg), "--experiment", "aimip",
+                   "--member", str(member), "--root", str(gr_root)], cmor=True)
+    return grcfg, gr_root
+
+
+@needs_cmor
+def test_gr_files_are_on_the_one_degree_grid_with_its_attributes(gr_tree):
+    cfg, root = gr_tree
+    f = root / drs.submission_file(cfg.aimip, cfg.periods, "tas", "aimip", 1, "gr").relpath
+    assert f.parts[-4:-1] == ("tas", "gr", "v20260101") and "_gr_" in f.name
+    with netCDF4.Dataset(f) as nc:
+        assert nc["lat"].shape == (180,) and nc["lon"].shape == (360,)
+        np.testing.assert_allclose(nc["lat"][:2], [-89.5, -88.5])
+        np.testing.assert_allclose(nc["lon"][[0, -1]], [0.5, 359.5])
+        np.testing.assert_allclose(nc["lat_bnds"][0], [-90.0, -89.0])
+        assert nc.grid_label == "gr" and nc.nominal_resolution == "100 km"
+        assert "conservatively regridded" in nc.grid and "CDO remapcon" in nc.grid and "9 x 16" in nc.grid
+        assert "member seed 1001" in nc.history  # the gn file's provenance carried over
+    assert not list(root.parent.glob(".cmorize-gr-*")), "staging folder left behind"
+
+
+@needs_cmor
+def test_gr_global_means_equal_native_ones(gr_tree):
+    """Conservative remapping: every month's (and level's) global mean with exact cell areas
+    equals the native one to 1e-5 relative (relative to the mean |value|: va's mean is ~0)."""
+    from mdiff.grid import ONE_DEGREE
+
+    cfg, root = gr_tree
+    native = LatLonGrid(cfg.grid.nlat, cfg.grid.nlon)
+    worst = 0.0
+    for member in (1, 2):
+        for v in AIMIP_VARIABLES:
+            means = []
+            for grid, g in (("gn", native), ("gr", ONE_DEGREE)):
+                f = root / drs.submission_file(cfg.aimip, cfg.periods, v, "aimip", member, grid).relpath
+                with netCDF4.Dataset(f) as nc:
+                    x = np.asarray(nc[v][:], dtype=np.float64)
+                w = g.cell_area / g.cell_area.sum()
+                means.append(((x * w).sum(axis=(-2, -1)), (np.abs(x) * w).sum(axis=(-2, -1))))
+            (mn, scale), (mr, _) = means
+            rel = float(np.max(np.abs(mr - mn) / scale))
+            assert rel < 1e-5, (v, member, rel)
+            worst = max(worst, rel)
+    print(f"max relative global-mean difference gr vs gn: {worst:.2e}")
+
+
+@needs_cmor
+def test_gn_and_gr_trees_pass_validation_and_a_wrong_gr_grid_is_caught(gr_tree, tmp_path):
+    cfg, root = gr_tree
+    proc, report = _validate(cfg, root, tmp_path / "ok")
+    assert proc.returncode == 0, proc.stderr
+    assert report["files"] == report["expected_files"] == 52  # 13 variables x 2 members x 2 grids
+    assert report["prepare_scanned"] == report["cfchecks_checked"] == report["compliance_checked"] == 52
+    # A gr file whose longitudes are those of another grid (0..359 centres) is an error.
+    broken = tmp_path / "broken" / "aimip"
+    shutil.copytree(root, broken)
+    f = broken / drs.submission_file(cfg.aimip, cfg.periods, "ps", "aimip", 2, "gr").relpath
+    with netCDF4.Dataset(f, "a") as nc:
+        nc["lon"][:] = np.arange(360.0)
+    proc, report = _validate(cfg, broken, tmp_path / "broken-report")
+    assert proc.returncode == 1
+    assert {(e["file"], e["check"]) for e in report["errors"]} == {(str(f.relative_to(broken)), "aimip:grid")}
+    # The gn-only config finds the gr files unexpected.
+    proc, report = _validate(make_config(tmp_path), root, tmp_path / "gn-only")
+    assert proc.returncode == 1 and any("_gr_" in e["file"] for e in report["errors"])
+
+
+def test_grids_config():
+    assert C.AimipConfig().grids == ["gn"]
+    assert C.AimipConfig(grids=["gn", "gr"]).grids == ["gn", "gr"]
+    for bad in (["gr"], ["gn", "gn"], []):
+        with pytest.raises(C.ConfigError, match="aimip.grids"):
+            C.AimipConfig(grids=bad)

@@ -55,7 +55,7 @@ def make_tree(tmp: Path) -> Path:
     root = tmp / "aimip"
     rng = np.random.default_rng(0)
     for i, size in enumerate([100, 2048, 70_000, 11 * 2**20 + 123]):
-        p = root / "mdiff" / "mdiff-MD15" / "aimip" / f"r{i + 1}i1p1f1" / "mon" / "tas" / f"f{i}.nc"
+        p = root / "mdiff" / "mdiff-MD15" / "aimip" / f"r{i + 1}i1p1f1" / "Amon" / "tas" / f"f{i}.nc"
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(rng.bytes(size))
     (tmp / "report.json").write_text(json.dumps({"passed": True, "root": str(root), "errors": []}))
@@ -203,3 +203,95 @@ def test_secret_never_appears_in_output_logs_or_files(tmp_path, endpoint, bucket
         if p.is_file() and p.suffix in (".json", ".log", ".txt", ".md"):
             assert SECRET not in p.read_text(errors="replace"), p
     assert json.loads((tmp_path / "manifest.json").read_text())["objects"]
+
+
+# ------------------------------------------------ the submission root, verified object by object
+
+
+def make_package(tmp: Path) -> tuple[Path, dict]:
+    """The tree of make_tree plus a submission root: README.md, LICENSE, weights/ and the
+    MANIFEST.sha256 of every file (as `mdiff package` writes it)."""
+    from mdiff.aimip import package as P
+
+    root = make_tree(tmp)
+    base = root / "mdiff" / "mdiff-MD15"
+    (base / "README.md").write_text("# dataset card\n")
+    (base / "LICENSE").write_text("CC BY 4.0\n")
+    (base / "weights").mkdir()
+    (base / "weights" / "checkpoint.pt").write_bytes(np.random.default_rng(1).bytes(4096))
+    P.write_checksums(base)
+    return root, P.read_checksums(base / "MANIFEST.sha256")
+
+
+def test_package_upload_is_verified_by_sha256_metadata(tmp_path, endpoint, bucket):
+    root, checksums = make_package(tmp_path)
+    cfg = config(tmp_path, endpoint, bucket)
+    entries = S.upload(cfg, root, tmp_path / "manifest.json", checksums=checksums)
+    keys = {e.key for e in entries}
+    assert f"{bucket}/mdiff/mdiff-MD15/README.md" in keys and f"{bucket}/mdiff/mdiff-MD15/MANIFEST.sha256" in keys
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    v = manifest["verification"]
+    assert v["verified"] and v["mismatches"] == [] and v["objects_checked"] == len(entries) == 8
+    assert v["with_sha256_metadata"] == 8 and v["etag_only"] == 0  # every object carries its sha256
+    assert {o["verified"] for o in manifest["objects"]} == {"ok"}
+    fs = S.make_filesystem(cfg)
+    for e in entries:
+        assert fs.metadata(e.key)["sha256"] == e.sha256
+    assert_complete(root, remote_objects(cfg, bucket), bucket)
+
+
+def test_tampered_remote_object_is_reported_by_name(tmp_path, endpoint, bucket):
+    root, checksums = make_package(tmp_path)
+    cfg = config(tmp_path, endpoint, bucket)
+    S.upload(cfg, root, tmp_path / "manifest.json", checksums=checksums)
+    # Someone overwrites an object after the upload (same size, other bytes, no metadata).
+    fs = S.make_filesystem(cfg)
+    victim = f"{bucket}/mdiff/mdiff-MD15/weights/checkpoint.pt"
+    fs.pipe_file(victim, b"\0" * 4096)
+    with pytest.raises(S.SubmitError) as err:
+        S.upload(cfg, root, tmp_path / "verify.json", checksums=checksums, verify_only=True)
+    assert victim in str(err.value) and "1 of 8" in str(err.value) and "etag" in str(err.value)
+    failed = json.loads((tmp_path / "verify.failed.json").read_text())
+    assert [m["key"] for m in failed["verification"]["mismatches"]] == [victim]
+    assert not (tmp_path / "verify.json").exists()  # the declared output only when verified
+    # A rerun uploads exactly the tampered and a deleted object, then verifies.
+    gone = f"{bucket}/mdiff/mdiff-MD15/README.md"
+    fs.rm(gone)
+    entries = S.upload(cfg, root, tmp_path / "manifest2.json", checksums=checksums)
+    assert sorted(e.key for e in entries if e.action == "upload") == sorted([victim, gone])
+    assert json.loads((tmp_path / "manifest2.json").read_text())["verification"]["verified"]
+
+
+def test_corrupting_store_fails_naming_every_mismatch(tmp_path, endpoint, bucket):
+    """A store that keeps other bytes than it was sent: every damaged object is named."""
+    root, checksums = make_package(tmp_path)
+    cfg = config(tmp_path, endpoint, bucket)
+    fs = S.make_filesystem(cfg)
+    real_put = fs.put_file
+    damaged = {f"{bucket}/mdiff/mdiff-MD15/LICENSE", f"{bucket}/mdiff/mdiff-MD15/aimip/r1i1p1f1/Amon/tas/f0.nc"}
+
+    def corrupting_put(lpath, rpath, **kwargs):
+        real_put(lpath, rpath, **kwargs)
+        if rpath in damaged:  # same size, other content, the metadata the uploader sent
+            size = Path(lpath).stat().st_size
+            fs.pipe_file(rpath, b"x" * size, Metadata=kwargs.get("Metadata", {}))
+
+    fs.put_file = corrupting_put
+    with pytest.raises(S.SubmitError) as err:
+        S.upload(cfg, root, tmp_path / "manifest.json", fs=fs, checksums=checksums)
+    msg = str(err.value)
+    assert all(k in msg for k in damaged) and "2 of 8" in msg
+    # The sha256 metadata is the uploader's (it matches): the store's ETag exposes the bytes.
+    failed = json.loads((tmp_path / "manifest.failed.json").read_text())
+    assert {m["key"] for m in failed["verification"]["mismatches"]} == damaged
+    assert {m["status"] for m in failed["verification"]["mismatches"]} == {"etag"}
+
+
+def test_local_files_must_match_the_manifest_before_anything_is_uploaded(tmp_path, endpoint, bucket):
+    root, checksums = make_package(tmp_path)
+    cfg = config(tmp_path, endpoint, bucket)
+    changed = root / "mdiff" / "mdiff-MD15" / "README.md"
+    changed.write_text("# edited after packaging\n")
+    with pytest.raises(S.SubmitError, match=r"mdiff/mdiff-MD15/README.md: sha256 .* differs from MANIFEST"):
+        S.upload(cfg, root, tmp_path / "manifest.json", checksums=checksums)
+    assert remote_objects(cfg, bucket) == {}

@@ -24,7 +24,6 @@ import numpy as np
 from mdiff.aimip import drs
 from mdiff.aimip.tables import (
     AIMIP_LEVELS_PA,
-    LEVEL_AXIS,
     TABLE_ID,
     license_text,
     nominal_resolution,
@@ -149,9 +148,23 @@ class Rollout:
 
 
 def dataset_attributes(cfg: Config, experiment: str, member: int, rollout: Rollout, outpath: Path) -> dict:
-    a = cfg.aimip
+    """CMOR's dataset JSON for the native-grid (gn) files of one member."""
     grid = LatLonGrid(cfg.grid.nlat, cfg.grid.nlon)
     seed = f"; member seed {rollout.seed}" if rollout.seed is not None else ""
+    return dataset_json(
+        cfg, experiment, member, outpath, calendar=rollout.calendar, grid_label="gn",
+        grid=f"native equiangular latitude-longitude grid with poles, {grid.nlat} x {grid.nlon} "
+             f"(lat x lon), {grid.resolution:g} degrees",
+        nominal=nominal_resolution(grid.lat_bounds, grid.lon_bounds),
+        history=f"rollout {rollout.path.name}: checkpoint {rollout.attrs.get('checkpoint_sha256', '?')}, "
+                f"mdiff {rollout.attrs.get('mdiff_version', '?')}{seed}",
+        comment=f"SST offset {rollout.attrs.get('sst_offset_K', '?')} K over the ocean")
+
+
+def dataset_json(cfg: Config, experiment: str, member: int, outpath: Path, *, calendar: str,
+                 grid_label: str, grid: str, nominal: str, history: str, comment: str) -> dict:
+    """CMOR's dataset JSON: identity and vocabulary from the config, grid and provenance given."""
+    a = cfg.aimip
     return {
         "_controlled_vocabulary_file": "CMIP6_CV.json",
         "_AXIS_ENTRY_FILE": "CMIP6_coordinate.json",
@@ -173,11 +186,10 @@ def dataset_attributes(cfg: Config, experiment: str, member: int, rollout: Rollo
         "institution": a.institution,
         "source_id": a.source_id,
         "source": a.source,
-        "calendar": rollout.calendar,
-        "grid": f"native equiangular latitude-longitude grid with poles, {grid.nlat} x {grid.nlon} "
-                f"(lat x lon), {grid.resolution:g} degrees",
-        "grid_label": a.grid_label,
-        "nominal_resolution": nominal_resolution(grid.lat_bounds, grid.lon_bounds),
+        "calendar": calendar,
+        "grid": grid,
+        "grid_label": grid_label,
+        "nominal_resolution": nominal,
         "license": license_text(a),
         "contact": a.contact,
         "version": a.version,
@@ -185,9 +197,8 @@ def dataset_attributes(cfg: Config, experiment: str, member: int, rollout: Rollo
         "output_path_template": drs.cmor_path_template(a),
         "output_file_template": "<variable_id><table><source_id><experiment_id><_member_id><grid_label>",
         "tracking_prefix": "hdl:21.14100",
-        "history": f"rollout {rollout.path.name}: checkpoint {rollout.attrs.get('checkpoint_sha256', '?')}, "
-                   f"mdiff {rollout.attrs.get('mdiff_version', '?')}{seed}",
-        "comment": f"SST offset {rollout.attrs.get('sst_offset_K', '?')} K over the ocean",
+        "history": history,
+        "comment": comment,
         "references": "",
         "title": f"{a.source_id} output prepared for AI-MIP",
     }
@@ -199,7 +210,7 @@ def write_variable(cmor, spec: VarSpec, rollout: Rollout, block: int, deflate: i
         cmor.axis("time", units=rollout.time_units, coord_vals=rollout.time, cell_bounds=rollout.time_bnds),
     ]
     if spec.has_plev:
-        axes.append(cmor.axis(LEVEL_AXIS, units="Pa", coord_vals=np.asarray(AIMIP_LEVELS_PA)))
+        axes.append(cmor.axis(spec.level_axis, units="Pa", coord_vals=np.asarray(spec.levels_pa)))
     axes += [
         cmor.axis("latitude", units="degrees_north", coord_vals=rollout.lat, cell_bounds=rollout.lat_bnds),
         cmor.axis("longitude", units="degrees_east", coord_vals=rollout.lon, cell_bounds=rollout.lon_bnds),
@@ -211,6 +222,8 @@ def write_variable(cmor, spec: VarSpec, rollout: Rollout, block: int, deflate: i
         stop = min(first + block, n)
         sources = [rollout.read(s, first, stop) for s in spec.sources]
         data = spec.convert(*sources)
+        if spec.has_plev and data.ndim == 3:  # a single-level field (zg): plev of length 1
+            data = data[:, None]
         if not np.isfinite(data).all():
             raise CmorizeError(f"{rollout.path}: {spec.name} from {list(spec.sources)} has "
                                f"{int((~np.isfinite(data)).sum())} non-finite values in months {first}..{stop - 1}")

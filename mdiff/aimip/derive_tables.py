@@ -17,7 +17,7 @@ import copy
 import json
 from pathlib import Path
 
-from mdiff.aimip.tables import AIMIP_LEVELS_PA, LEVEL_AXIS, LICENSE_REGEX
+from mdiff.aimip.tables import LEVEL_AXES, LEVEL_AXIS, LICENSE_REGEX
 from mdiff.aimip.varmap import load_variable_map
 
 HERE = Path(__file__).parent / "tables"
@@ -45,9 +45,8 @@ def derive(base: Path) -> None:
         entry = copy.deepcopy(amon["variable_entry"][name])
         dims = entry["dimensions"].split()
         if "plev19" in dims:
-            # ta/hus/ua/va on the 7 AI-MIP levels; zg only at 500 hPa.
-            dims = ["longitude", "latitude", "time", spec.level] if spec.level else [
-                LEVEL_AXIS if d == "plev19" else d for d in dims]
+            # ta/hus/ua/va on the 7 AI-MIP levels; zg on a one-level axis at 500 hPa.
+            dims = [spec.level_axis if d == "plev19" else d for d in dims]
         entry["dimensions"] = " ".join(dims)
         out["variable_entry"][name] = entry
     _dump(out, "CMIP6_Amon.json")
@@ -55,10 +54,12 @@ def derive(base: Path) -> None:
     coords = _load(base, "CMIP6_coordinate.json")["axis_entry"]
     formula = _load(base, "CMIP6_formula_terms.json")["formula_entry"]
     # CMOR resolves every formula term's dimensions when it loads a table: keep those axes too.
-    needed = {"longitude", "latitude", "time", "p500", "height2m", "height10m"}
+    needed = {"longitude", "latitude", "time", "height2m", "height10m"}
     needed |= {d for entry in formula.values() for d in entry.get("dimensions", "").split()}
     axes = {k: coords[k] for k in coords if k in needed}
-    axes[LEVEL_AXIS] = dict(coords["plev8"], requested=[f"{p:.0f}." for p in AIMIP_LEVELS_PA])
+    for axis, levels in LEVEL_AXES.items():
+        axes[axis] = dict(coords["plev8"], requested=[f"{p:.0f}." for p in levels])
+    assert LEVEL_AXIS in axes
     _dump({"axis_entry": axes}, "CMIP6_coordinate.json")
 
     for name in ("CMIP6_formula_terms.json", "CMIP6_grids.json"):

@@ -16,6 +16,11 @@
   profile and file, never a key), no credentials, endpoint unreachable (host and port),
   timed out (after how long), bucket missing.
 - Writes a manifest (key, size, sha256, etag, action); ``--dry-run`` only lists.
+- With ``--checksums`` (the submission root's ``MANIFEST.sha256``): the local files must
+  match it before anything is uploaded, each object carries its sha256 as user metadata,
+  and after the upload every remote object is verified (size, sha256 metadata, ETag;
+  ``mdiff.aimip.verify``); mismatches are all named and the command fails.
+  ``--verify-only`` re-checks the remote copy without uploading.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import posixpath
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -275,9 +281,10 @@ def plan(cfg: Config, root: Path, fs, chunksize: int) -> list[Entry]:
 
 
 def upload(cfg: Config, root: str | Path, manifest: str | Path | None = None, dry_run: bool = False,
-           fs=None) -> list[Entry]:
+           fs=None, checksums: dict[str, str] | None = None, verify_only: bool = False) -> list[Entry]:
     from tqdm import tqdm
 
+    from mdiff.aimip import drs, verify
     from mdiff.fileio import write_json
 
     root = Path(root)
@@ -286,6 +293,15 @@ def upload(cfg: Config, root: str | Path, manifest: str | Path | None = None, dr
     chunksize = cfg.submit.chunksize_mb * 2**20
     fs = fs or make_filesystem(cfg)
     entries = plan(cfg, root, fs, chunksize)
+    package = drs.submission_root(cfg.aimip).as_posix()
+    if checksums is not None:
+        bad = verify.local_mismatches(entries, checksums, package)
+        if bad:
+            raise SubmitError(f"{root}: {len(bad)} local file(s) do not match the submission's "
+                              f"MANIFEST.sha256 (rerun `snakemake package_submission`): " + "; ".join(bad[:20]))
+    if verify_only:
+        for e in entries:
+            e.action = "verify"
     todo = [e for e in entries if e.action == "upload"]
     log.info("%d files, %d to upload (%.1f MB), %d already present", len(entries), len(todo),
              sum(e.size for e in todo) / 1e6, len(entries) - len(todo))
@@ -296,18 +312,35 @@ def upload(cfg: Config, root: str | Path, manifest: str | Path | None = None, dr
             print(f"would upload {e.key} ({e.size} bytes)")
     else:
         for e in tqdm(todo, desc="upload", unit="file"):
-            _checked(cfg, f"uploading {e.key}", fs.put_file, str(root / e.path), e.key, chunksize=chunksize)
-            fs.invalidate_cache(e.key)
-            info = _checked(cfg, f"checking {e.key}", fs.info, e.key)
-            got = str(info.get("ETag", "")).strip('"')
-            if int(info.get("size", -1)) != e.size or got != e.etag:
-                raise SubmitError(f"{e.key}: after upload the object has size {info.get('size')} and ETag "
-                                  f"{got}; expected {e.size} and {e.etag}")
+            # the sha256 travels as user metadata: the verification below compares it
+            _checked(cfg, f"uploading {e.key}", fs.put_file, str(root / e.path), e.key, chunksize=chunksize,
+                     Metadata={"sha256": e.sha256})
             log.info("uploaded %s (%d bytes)", e.key, e.size)
-    if manifest and not dry_run:
-        write_json(manifest, {"endpoint_url": cfg.submit.endpoint_url, "bucket": cfg.submit.bucket,
-                              "prefix": upload_prefix(cfg), "chunksize": chunksize,
-                              "aborted_stale_uploads": aborted, "objects": [asdict(e) for e in entries]})
+    if dry_run:
+        return entries
+    # Verify every object of the upload (the whole tree, skipped ones included).
+    folder = posixpath.commonpath([posixpath.dirname(e.key) for e in entries])  # the upload's folder
+    checks, unexpected = _checked(cfg, "verifying the upload", verify.verify_remote, fs, entries, folder)
+    result = verify.summary(checks, unexpected)
+    status = {c.key: c.status for c in checks}
+    doc = {"endpoint_url": cfg.submit.endpoint_url, "bucket": cfg.submit.bucket,
+           "prefix": upload_prefix(cfg), "chunksize": chunksize, "aborted_stale_uploads": aborted,
+           "verification": result,
+           "objects": [dict(asdict(e), verified=status.get(e.key)) for e in entries]}
+    for key in unexpected:
+        log.warning("remote object not in this upload: %s", key)
+    if not result["verified"]:
+        failed = Path(manifest).with_suffix(".failed.json") if manifest else None
+        if failed:
+            write_json(failed, doc)
+        bad = result["mismatches"]
+        raise SubmitError(f"{len(bad)} of {len(checks)} object(s) do not match after the upload"
+                          f"{f' (details: {failed})' if failed else ''}: "
+                          + "; ".join(f"{c['key']} ({c['status']}: {c['detail']})" for c in bad))
+    log.info("verified %d objects (size and ETag; %d also by sha256 metadata)", len(checks),
+             result["with_sha256_metadata"])
+    if manifest:
+        write_json(manifest, doc)
     return entries
 
 
@@ -317,6 +350,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--report", required=True, help="validation report.json (must have passed)")
     parser.add_argument("--manifest", help="write the manifest (key, size, sha256) here")
     parser.add_argument("--dry-run", action="store_true", help="list what would be uploaded; upload nothing")
+    parser.add_argument("--checksums", help="the submission root's MANIFEST.sha256: check local files before "
+                                            "and every remote object after the upload against it")
+    parser.add_argument("--verify-only", action="store_true", help="upload nothing; verify the remote copy")
 
 
 def main(args) -> int:
@@ -329,7 +365,10 @@ def main(args) -> int:
         from mdiff.fileio import remove_stale_temporaries
 
         remove_stale_temporaries(args.manifest)  # of a killed run
-    entries = upload(cfg, root, args.manifest, args.dry_run)
+    from mdiff.aimip.package import read_checksums
+
+    checksums = read_checksums(args.checksums) if args.checksums else None
+    entries = upload(cfg, root, args.manifest, args.dry_run, checksums=checksums, verify_only=args.verify_only)
     done = sum(e.action == "upload" for e in entries)
     log.info("%s: %d files %s, %d already present", cfg.submit.endpoint_url, done if not args.dry_run else
              sum(e.action == "would-upload" for e in entries), "would be uploaded" if args.dry_run else "uploaded",

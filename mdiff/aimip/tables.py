@@ -22,6 +22,10 @@ TABLE_FILES = ("CMIP6_CV.json", "CMIP6_coordinate.json", "CMIP6_Amon.json",
                "CMIP6_formula_terms.json", "CMIP6_grids.json")
 LEVEL_AXIS = "plev7aimip"  # the 7 AI-MIP levels (CMIP6 plev8 without 10 hPa)
 AIMIP_LEVELS_PA = tuple(float(p) * 100.0 for p in V.PRESSURE_LEVELS_HPA)
+# zg at 500 hPa on a plev *dimension* of length 1 (not CMIP6's scalar p500): the
+# organisers' loader selects plev=[50000.] along a plev dimension on every 3-D variable.
+LEVEL_AXIS_500 = "plev1aimip"
+LEVEL_AXES = {LEVEL_AXIS: AIMIP_LEVELS_PA, LEVEL_AXIS_500: (50000.0,)}  # axis -> levels (Pa)
 LICENSE_ID = "CC BY 4.0"
 # The CV checks the licence with POSIX *basic* regular expressions: "(" is a literal.
 LICENSE_REGEX = (

@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from mdiff.aimip import drs
-from mdiff.aimip.tables import AIMIP_LEVELS_PA, BASE, read_base, write_run_tables
+from mdiff.aimip.tables import BASE, read_base, write_run_tables
 from mdiff.aimip.varmap import load_variable_map
 from mdiff.cli import add_settings_arguments, load_settings
 from mdiff.config import Config
-from mdiff.grid import LatLonGrid
+from mdiff.grid import ONE_DEGREE, LatLonGrid, RegularGrid
 
 log = logging.getLogger("mdiff.aimip.validate")
 CHUNK = 100  # files per checker process (keeps command lines short)
@@ -53,6 +53,11 @@ def _months(first: str, last: str) -> list[tuple[int, int]]:
     y0, m0 = map(int, first.split("-"))
     y1, m1 = map(int, last.split("-"))
     return [(y0 + (m0 - 1 + k) // 12, (m0 - 1 + k) % 12 + 1) for k in range((y1 - y0) * 12 + m1 - m0 + 1)]
+
+
+def grid_of(label: str, cfg: Config) -> LatLonGrid | RegularGrid:
+    """The horizontal grid of a grid label: the model's (gn) or the 1-degree one (gr)."""
+    return LatLonGrid(cfg.grid.nlat, cfg.grid.nlon) if label == "gn" else ONE_DEGREE
 
 
 def check_file(path: Path, root: Path, cfg: Config) -> list[Finding]:
@@ -92,9 +97,13 @@ def check_file(path: Path, root: Path, cfg: Config) -> list[Finding]:
             if attrs.get(name) != m[name]:
                 err("filename", f"file name part <{name}> is {m[name]!r} but the attribute is {attrs.get(name)!r}")
         # Identity and vocabulary.
+        label = m["grid_label"]
+        if label not in cfg.aimip.grids:
+            err("attributes", f"grid label {label!r} is not in aimip.grids {cfg.aimip.grids}")
+            return out
         expected = {"activity_id": "AIMIP", "institution_id": cfg.aimip.institution_id,
                     "source_id": cfg.aimip.source_id, "table_id": "Amon", "frequency": drs.FREQUENCY,
-                    "grid_label": cfg.aimip.grid_label, "version": cfg.aimip.version, "mip_era": "CMIP6"}
+                    "grid_label": label, "version": cfg.aimip.version, "mip_era": "CMIP6"}
         for name, want in expected.items():
             if attrs.get(name) != want:
                 err("attributes", f"global attribute {name} = {attrs.get(name)!r}; expected {want!r}")
@@ -106,13 +115,25 @@ def check_file(path: Path, root: Path, cfg: Config) -> list[Finding]:
             err("experiment_id", f"experiment_id {attrs['experiment_id']!r} is not in rollout.experiments")
         if "CC BY 4.0" not in attrs.get("license", ""):
             err("license", f"license does not name CC BY 4.0: {attrs.get('license', '')[:80]!r}")
-        grid = LatLonGrid(cfg.grid.nlat, cfg.grid.nlon)
+        grid = grid_of(label, cfg)
         from mdiff.aimip.tables import nominal_resolution
 
         nominal = nominal_resolution(grid.lat_bounds, grid.lon_bounds)
         if attrs.get("nominal_resolution") != nominal:
             err("attributes", f"nominal_resolution {attrs.get('nominal_resolution')!r}; expected {nominal!r} "
                               f"for the {grid.nlat}x{grid.nlon} grid")
+        # Coordinates (PrePARE does not check values): the grid of the label, with its bounds.
+        for axis, bounds, want, want_bounds in (("lat", "lat_bnds", grid.lat, grid.lat_bounds),
+                                                ("lon", "lon_bnds", grid.lon, grid.lon_bounds)):
+            if axis not in nc.variables or bounds not in nc.variables:
+                err("grid", f"{axis} or {bounds} missing")
+                continue
+            got = np.asarray(nc.variables[axis][:], dtype=np.float64)
+            got_b = np.asarray(nc.variables[bounds][:], dtype=np.float64)
+            if got.shape != want.shape or not np.allclose(got, want, atol=1e-6) or \
+                    got_b.shape != want_bounds.shape or not np.allclose(got_b, want_bounds, atol=1e-6):
+                err("grid", f"{axis} ({got.size} values {got[:1].tolist()}..{got[-1:].tolist()}) or its bounds "
+                            f"differ from the {label} grid ({want.size} values {want[0]:g}..{want[-1]:g})")
         # The variable.
         varmap = load_variable_map()
         name = m["variable_id"]
@@ -134,9 +155,9 @@ def check_file(path: Path, root: Path, cfg: Config) -> list[Finding]:
         want_dims = ("time", "plev", "lat", "lon") if spec.has_plev else ("time", "lat", "lon")
         if var.dimensions != want_dims:
             err("dimensions", f"{name} has dimensions {var.dimensions}; expected {want_dims}")
-        # Pressure levels: in Pa, exactly the 7 AI-MIP levels (or 500 hPa for zg).
-        want_plev = list(AIMIP_LEVELS_PA) if spec.has_plev else ([50000.0] if spec.level == "p500" else None)
-        if want_plev is not None:
+        # Pressure levels: a plev dimension in Pa, exactly the 7 AI-MIP levels (zg: [50000.]).
+        want_plev = list(spec.levels_pa)
+        if want_plev:
             if "plev" not in nc.variables:
                 err("plev", f"no plev coordinate; expected {want_plev} Pa")
             else:
@@ -146,7 +167,8 @@ def check_file(path: Path, root: Path, cfg: Config) -> list[Finding]:
                     hint = " (values look like hPa)" if plev.size and plev.max() < 2000 else ""
                     err("plev", f"plev = {plev.tolist()} {units}{hint}; expected {want_plev} Pa")
         if tuple(grid.shape) != tuple(var.shape[-2:]):
-            err("grid", f"{name} is on a {var.shape[-2]}x{var.shape[-1]} grid; expected {grid.nlat}x{grid.nlon}")
+            err("grid", f"{name} is on a {var.shape[-2]}x{var.shape[-1]} grid; expected {grid.nlat}x{grid.nlon} "
+                        f"({label})")
         # Time: every month of the run, contiguous monthly bounds.
         months = _months(cfg.periods.run_start, cfg.periods.run_end)
         span = f"{months[0][0]:04d}{months[0][1]:02d}-{months[-1][0]:04d}{months[-1][1]:02d}"
@@ -300,8 +322,16 @@ def run_compliance(files: list[Path], exe: str) -> dict[str, tuple[list[str], li
 
 def expected_tree(cfg: Config) -> list[Path]:
     varmap = load_variable_map()
-    return [f.relpath for e in cfg.rollout.experiments for k in range(1, cfg.rollout.members + 1)
-            for f in drs.member_files(cfg.aimip, cfg.periods, varmap, e, k)]
+    return [f.relpath for g in cfg.aimip.grids for e in cfg.rollout.experiments
+            for k in range(1, cfg.rollout.members + 1)
+            for f in drs.member_files(cfg.aimip, cfg.periods, varmap, e, k, g)]
+
+
+def package_files(cfg: Config) -> set[Path]:
+    """Files of the submission root besides the AI-MIP files (written after validation by
+    `mdiff package`): tolerated in the tree, never required here."""
+    base = drs.submission_root(cfg.aimip)
+    return {base / name for name in (*drs.PACKAGE_FILES, drs.CHECKSUMS)}
 
 
 def validate(cfg: Config, root: str | Path, prepare_python: str, cfchecks: str | None = None,
@@ -321,7 +351,7 @@ def validate(cfg: Config, root: str | Path, prepare_python: str, cfchecks: str |
     expected = expected_tree(cfg)
     for rel in sorted(set(expected) - set(found)):
         findings.append(Finding(str(rel), "aimip:tree", "expected file is missing"))
-    for rel in sorted(set(found) - set(expected)):
+    for rel in sorted(set(found) - set(expected) - package_files(cfg)):
         findings.append(Finding(str(rel), "aimip:tree", "unexpected file in the tree (it would be uploaded)"))
     files = [root / rel for rel in found if rel.suffix == ".nc"]
     with tempfile.TemporaryDirectory() as tmp:

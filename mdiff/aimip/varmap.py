@@ -15,6 +15,7 @@ import numpy as np
 import yaml
 
 from mdiff import variables as V
+from mdiff.aimip.tables import LEVEL_AXES, LEVEL_AXIS
 
 MAP_FILE = Path(__file__).with_name("variables.yaml")
 
@@ -62,12 +63,25 @@ class VarSpec:
     sources: tuple[str, ...]  # rollout variables
     conversion: str
     units: str
-    level: str | None = None  # CMIP6 scalar axis for a single level of a 3-D family
+    level: str | None = None  # level axis of a single-level field (e.g. zg: plev1aimip)
+
+    @property
+    def level_axis(self) -> str | None:
+        """CMOR level axis: ``level`` if given, the 7-level axis for pressure-level families,
+        None for 2-D fields."""
+        if self.level:
+            return self.level
+        return LEVEL_AXIS if self.sources[0] in V.PRESSURE_VARIABLES else None
 
     @property
     def has_plev(self) -> bool:
-        """Written on the 7-level axis (only identity maps of pressure-level families)."""
-        return self.level is None and self.sources[0] in V.PRESSURE_VARIABLES
+        """Written with a plev dimension (time, plev, lat, lon)."""
+        return self.level_axis is not None
+
+    @property
+    def levels_pa(self) -> tuple[float, ...]:
+        """The plev values (Pa) of the level axis; () for 2-D fields."""
+        return LEVEL_AXES[self.level_axis] if self.level_axis else ()
 
     def convert(self, *arrays: np.ndarray) -> np.ndarray:
         return np.asarray(CONVERSIONS[self.conversion](*arrays), dtype=np.float32)
@@ -97,6 +111,8 @@ def load_variable_map(path: str | Path = MAP_FILE) -> dict[str, VarSpec]:
             raise VariableMapError(f"{where}: conversion {entry['conversion']!r} unknown; "
                                    f"expected one of {sorted(CONVERSIONS)}")
         spec = VarSpec(name, sources, entry["conversion"], str(entry["units"]), entry.get("level"))
+        if spec.level is not None and spec.level not in LEVEL_AXES:
+            raise VariableMapError(f"{where}: level {spec.level!r} unknown; expected one of {sorted(LEVEL_AXES)}")
         if spec.conversion == "identity":
             src_units = source_units(sources[0])
             if src_units != spec.units:

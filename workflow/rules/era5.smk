@@ -81,7 +81,9 @@ else:
     def raw_files(group, year=None):
         pattern = ERA5.local_patterns.get(group)
         if pattern is None:
-            raise ValueError(f"era5.source is local: era5.local_patterns needs a pattern for group {group!r}")
+            raise ValueError(
+                f"era5.source is local: era5.local_patterns needs a pattern for group {group!r}"
+            )
         return E.local_files(pattern, None if group == E.INVARIANT else int(year), group)
 
     def raw_records(year):

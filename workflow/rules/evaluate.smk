@@ -27,7 +27,12 @@ rule evaluate:
     output:
         html=f"{REPORT}/index.html",
         scores=f"{REPORT}/scores.json",
-        figures=directory(f"{REPORT}/figures"),
+        figures=report(
+            directory(f"{REPORT}/figures"),
+            patterns=["{name}.png"],
+            caption="../report/figures.rst",
+            category="Evaluation",
+        ),
     params:
         settings=settings("grid", "periods", "source", "evaluate"),
         truth=lambda w, input: f"--truth {os.path.dirname(input.truth[0])}" if input.truth else "",
@@ -48,3 +53,42 @@ rule evaluate:
 
 
 ALL_TARGETS.extend([f"{REPORT}/index.html", f"{REPORT}/scores.json"])
+
+
+rule evaluate_gr:
+    """The organisers' metrics (E1-E3, E5) on the 1-degree gr tree (aimip.grids has gr)."""
+    input:
+        files=[
+            f
+            for e in CFG.rollout.experiments
+            for k in AIMIP_MEMBERS
+            for f in aimip_files("gr", e, k)
+        ],
+        state=PREPARED_STATE,
+    output:
+        scores=f"{REPORT}/aimip_gr/scores.json",
+        table=report(
+            f"{REPORT}/aimip_gr/scores.md",
+            caption="../report/aimip_gr.rst",
+            category="Evaluation",
+        ),
+    params:
+        settings=settings("grid", "periods", "rollout", "aimip", "evaluate"),
+        root=lambda w, input: drs.tree_root(input.files[0], CFG.aimip),
+        output=lambda w, output: os.path.dirname(output.scores),
+    log:
+        f"{LOGS}/evaluate_gr.log",
+    benchmark:
+        f"{BENCH}/evaluate_gr.tsv"
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    conda:
+        "../../envs/mdiff.yaml"
+    shell:
+        "mdiff evaluate --settings {params.settings:q} --aimip-root {params.root:q} "
+        "--state {input.state} --output {params.output:q} > {log:q} 2>&1"
+
+
+if "gr" in CFG.aimip.grids:
+    ALL_TARGETS.append(f"{REPORT}/aimip_gr/scores.json")

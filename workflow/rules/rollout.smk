@@ -2,10 +2,15 @@
 # periods.run_end from the encoded initial state. Batches are consecutive blocks of
 # rollout.member_batch out of rollout.members (1-based, inclusive). A killed job resumes
 # from {output}.resume.pt when rerun (not a declared output: Snakemake leaves it alone).
-ROLLOUT_BATCHES = [(a, min(a + CFG.rollout.member_batch - 1, CFG.rollout.members))
-                   for a in range(1, CFG.rollout.members + 1, CFG.rollout.member_batch)]
-ROLLOUT_FILES = [f"{RESULTS}/rollout/{experiment}/members_{a:03d}-{b:03d}.nc"
-                 for experiment in CFG.rollout.experiments for a, b in ROLLOUT_BATCHES]
+ROLLOUT_BATCHES = [
+    (a, min(a + CFG.rollout.member_batch - 1, CFG.rollout.members))
+    for a in range(1, CFG.rollout.members + 1, CFG.rollout.member_batch)
+]
+ROLLOUT_FILES = [
+    f"{RESULTS}/rollout/{experiment}/members_{a:03d}-{b:03d}.nc"
+    for experiment in CFG.rollout.experiments
+    for a, b in ROLLOUT_BATCHES
+]
 
 
 rule rollout:

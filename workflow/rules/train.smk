@@ -15,9 +15,13 @@ rule train:
         model=CFG.model,
     output:
         checkpoint=CHECKPOINT,
-        card=MODEL_CARD,
+        card=report(MODEL_CARD, caption="../report/model_card.rst", category="Model"),
         log=f"{MODEL_DIR}/train_log.jsonl",
-        curve=f"{MODEL_DIR}/loss_curve.png",
+        curve=report(
+            f"{MODEL_DIR}/loss_curve.png",
+            caption="../report/loss_curve.rst",
+            category="Model",
+        ),
     params:
         settings=settings("grid", "periods", "model", "source"),
     log:
