@@ -19,11 +19,8 @@ from typing import Any, Literal
 import dacite
 import yaml
 
-EXPERIMENTS = ("aimip", "aimip-p2k", "aimip-p4k")
-SST_OFFSET_K = {"aimip": 0.0, "aimip-p2k": 2.0, "aimip-p4k": 4.0}
-AIMIP_TRAINING_LIMIT = "2014-12"  # AI-MIP: train and select on ERA5 within 1979-2014 only
-# ERA5 request groups (mdiff.data.era5 derives their content from the variable table)
-ERA5_GROUPS = ("pressure", "pressure_500", "single", "invariant")
+from mdiff import protocol
+from mdiff.variables import ERA5_GROUPS
 
 
 class ConfigError(ValueError):
@@ -32,11 +29,9 @@ class ConfigError(ValueError):
 
 def _check_month(value: str, where: str) -> str:
     try:
-        y, m = value.split("-")
-        if len(y) != 4 or not 1 <= int(m) <= 12:
-            raise ValueError
-    except ValueError:
-        raise ConfigError(f"{where}: {value!r} is not a month of the form YYYY-MM") from None
+        protocol.parse_month(value)
+    except ValueError as err:
+        raise ConfigError(f"{where}: {err}") from None
     return value
 
 
@@ -64,11 +59,11 @@ class GridConfig:
 class PeriodsConfig:
     """Months are 'YYYY-MM'; periods are inclusive [first, last]."""
 
-    run_start: str = "1978-10"  # initial condition of the rollouts (and first prepared month)
-    run_end: str = "2024-12"  # last month of the rollouts
-    stats: list[str] = field(default_factory=lambda: ["1979-01", "2014-12"])
-    train: list[str] = field(default_factory=lambda: ["1985-01", "2014-12"])
-    validate: list[str] = field(default_factory=lambda: ["1979-01", "1984-12"])
+    run_start: str = protocol.RUN[0]  # initial condition of the rollouts (and first prepared month)
+    run_end: str = protocol.RUN[1]  # last month of the rollouts
+    stats: list[str] = field(default_factory=lambda: [protocol.ANALYSIS[0], protocol.TRAINING_LIMIT])
+    train: list[str] = field(default_factory=lambda: ["1985-01", protocol.TRAINING_LIMIT])
+    validate: list[str] = field(default_factory=lambda: [protocol.ANALYSIS[0], "1984-12"])
 
     def __post_init__(self) -> None:
         # Order and containment of every period, here, when the config loads: a bad period
@@ -81,10 +76,10 @@ class PeriodsConfig:
         for name in ("stats", "train", "validate"):
             period = getattr(self, name)
             _check_period(period, f"periods.{name}")
-            if period[1] > AIMIP_TRAINING_LIMIT:
+            if period[1] > protocol.TRAINING_LIMIT:
                 raise ConfigError(
                     f"periods.{name} ends {period[1]}: AI-MIP allows training, statistics and "
-                    f"model selection on 1979-2014 only (last month {AIMIP_TRAINING_LIMIT})"
+                    f"model selection on 1979-2014 only (last month {protocol.TRAINING_LIMIT})"
                 )
             if period[0] < self.run_start or period[1] > self.run_end:
                 raise ConfigError(
@@ -129,7 +124,7 @@ class Era5Config:
     def __post_init__(self) -> None:
         if self.max_retries < 0 or self.retry_backoff_s < 0:
             raise ConfigError("era5.max_retries and era5.retry_backoff_s must be >= 0")
-        bad = [k for k in self.local_patterns if k not in ERA5_GROUPS]
+        bad = [k for k in self.local_patterns if k not in ERA5_GROUPS]  # groups of the variable table
         if bad:
             raise ConfigError(f"era5.local_patterns: unknown group(s) {bad}; expected {list(ERA5_GROUPS)}")
         if self.forcing_sha256 and len(self.forcing_sha256) != 64:
@@ -141,7 +136,7 @@ class RolloutConfig:
     """Ensemble rollouts (mdiff rollout): run_start..run_end of periods, per experiment and
     member batch (consecutive blocks of member_batch members, 1-based)."""
 
-    experiments: list[str] = field(default_factory=lambda: list(EXPERIMENTS))
+    experiments: list[str] = field(default_factory=lambda: list(protocol.EXPERIMENTS))
     members: int = 5
     member_batch: int = 5  # members stepped together in one job
     seed: int = 20250101  # base seed; member k uses a generator seeded from (seed, k)
@@ -151,9 +146,9 @@ class RolloutConfig:
     resume_every: int = 12  # months between resume states ({output}.resume.pt)
 
     def __post_init__(self) -> None:
-        bad = [e for e in self.experiments if e not in EXPERIMENTS]
+        bad = [e for e in self.experiments if e not in protocol.EXPERIMENTS]
         if bad:
-            raise ConfigError(f"rollout.experiments: unknown {bad}; expected some of {list(EXPERIMENTS)}")
+            raise ConfigError(f"rollout.experiments: unknown {bad}; expected some of {list(protocol.EXPERIMENTS)}")
         if self.members < 1 or self.member_batch < 1:
             raise ConfigError("rollout.members and rollout.member_batch must be >= 1")
         if self.resume_every < 1:
@@ -200,9 +195,9 @@ class EvaluateConfig:
     """The evaluation report (AIMIP.md, evaluation): channels, periods and regions."""
 
     # The whole analysis period (spin-up excluded): climatologies, modes, responses.
-    analysis: list[str] = field(default_factory=lambda: ["1979-01", "2024-12"])
+    analysis: list[str] = field(default_factory=lambda: list(protocol.ANALYSIS))
     # E1 biases and E2 trends, per period (AI-MIP: training era and held-out era).
-    periods: list[list[str]] = field(default_factory=lambda: [["1979-01", "2014-12"], ["2015-01", "2024-12"]])
+    periods: list[list[str]] = field(default_factory=lambda: [list(protocol.TRAINING_ERA), list(protocol.HELD_OUT)])
     variables: list[str] = field(default_factory=lambda: ["tas", "pr", "psl", "ta850", "z500", "ua250"])
     # E3: channels regressed on the Nino3.4 index.
     enso_variables: list[str] = field(default_factory=lambda: ["tas", "pr", "z500"])

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from mdiff import config as C
+from mdiff import protocol
 from mdiff import variables as V
 from mdiff.data import prepared as P
 from mdiff.grid import LatLonGrid
@@ -58,7 +59,7 @@ def write_rollout(cfg: C.Config, experiment: str, first: int, last: int, path: P
     for i, ch in enumerate(V.STATE):  # positive quantities stay positive
         if ch.variable in ("hus", "pr"):
             data[:, :, i] = np.abs(data[:, :, i])
-    ds = P.skeleton(grid, months, attrs={"experiment_id": experiment, "sst_offset_K": C.SST_OFFSET_K[experiment],
+    ds = P.skeleton(grid, months, attrs={"experiment_id": experiment, "sst_offset_K": protocol.SST_OFFSET_K[experiment],
                                          "checkpoint_sha256": "0" * 64, "mdiff_version": "0.1.0"})
     ds = ds.assign_coords(member=("member", members))
     ds = P.channels_to_dataset(data, V.STATE, ds, leading=("member", "time"))

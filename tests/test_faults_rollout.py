@@ -14,12 +14,10 @@ import fault_tools as FT
 import numpy as np
 import pytest
 import torch
+from small_model import save_checkpoint, small_model
 
-from mdiff import config as C
 from mdiff import variables as V
 from mdiff.data import prepared as P
-from mdiff.data.normalize import Normalizer
-from mdiff.nn.model import MonthlyDiffusion
 from mdiff.rollout import (
     FastKernels,
     MonthWriter,
@@ -33,9 +31,6 @@ from mdiff.rollout import (
 
 pytestmark = pytest.mark.faults
 
-SMALL = C.ModelConfig(latent_channels=4, squeeze=4, seasonal_channels=2, seasonal_basis=3, embed_channels=2,
-                      hidden_channels=12, encoder_rank=8, decoder_rank=12, denoiser_rank=8,
-                      time_embed_channels=3, diffusion_steps=4)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -49,29 +44,17 @@ def one_thread():
 @pytest.fixture(scope="module")
 def setup(tiny_world, tmp_path_factory):
     """A small random model on the tiny world (saved as a checkpoint too) and the run's inputs."""
-    from mdiff.train import TrainOptions, checkpoint_payload, save
-
-    torch.manual_seed(0)
     grid = tiny_world.grid
-    model = MonthlyDiffusion(SMALL, grid).eval()
-    with torch.no_grad():  # zero-initialised parts would hide the arithmetic
-        for p in model.parameters():
-            if not p.any():
-                p.normal_(0.0, 0.05)
-    normalizer = Normalizer.load(tiny_world.stats, SMALL.normalization)
-    statics = P.dataset_to_channels(P.open_checked(tiny_world.statics, grid), V.STATIC)
-    model.set_statics(torch.from_numpy(normalizer.normalize(statics, V.STATIC_NAMES)))
+    model, normalizer = small_model(tiny_world)
     months = P.month_range("1978-10", "1980-06")
     moy = P.month_of_year(months)
     sst, ice = experiment_forcing(tiny_world.forcing, grid, months, "aimip")
     state0 = normalizer.normalize(initial_state(tiny_world.prepared / "state" / "1978.nc", grid, months[0]),
                                   V.STATE_NAMES, moy[0])
     root = tmp_path_factory.mktemp("faults_rollout")
-    opts = TrainOptions([], "", "", str(root / "checkpoint.pt"), C.ModelFile(SMALL, C.TrainConfig()),
-                        C.GridConfig(grid.nlat, grid.nlon))
-    save(root / "checkpoint.pt", checkpoint_payload(opts, normalizer, model, model))
     return dict(grid=grid, model=model, kernels=FastKernels(model), normalizer=normalizer, months=months,
-                forcing=normalizer.forcing(sst, ice, months=moy), state0=state0, checkpoint=root / "checkpoint.pt")
+                forcing=normalizer.forcing(sst, ice, months=moy), state0=state0,
+                checkpoint=save_checkpoint(root / "checkpoint.pt", model, normalizer))
 
 
 def _job(setup, resume_every=4):
@@ -201,8 +184,7 @@ RUN = {"grid": {"nlat": 17, "nlon": 32},
 def rollout_cmd(setup, tiny_world, output: Path) -> list[str]:
     return FT.mdiff_cmd("rollout", "--settings", json.dumps(RUN), "--checkpoint", str(setup["checkpoint"]),
                         "--forcing", str(tiny_world.forcing), "--initial-state",
-                        str(tiny_world.prepared / "state" / "1978.nc"), "--normalization", str(tiny_world.stats),
-                        "--statics", str(tiny_world.statics), "--experiment", "aimip", "--members", "1-3",
+                        str(tiny_world.prepared / "state" / "1978.nc"), "--statics", str(tiny_world.statics), "--experiment", "aimip", "--members", "1-3",
                         "--output", str(output), "--no-progress", "--threads", "1")
 
 

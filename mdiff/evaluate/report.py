@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mdiff import config as C
+from mdiff import protocol
 from mdiff import variables as V
 from mdiff.data.prepared import PreparedDataError, month_range
 from mdiff.evaluate import metrics as M
@@ -458,7 +459,7 @@ class Evaluation:
         control = em.mean(axis=(0, 1), dtype=np.float64)
         panels = []
         for exp in self.warmed:
-            offset = C.SST_OFFSET_K[exp]
+            offset = protocol.SST_OFFSET_K[exp]
             response = warmed_means[exp] - control
             self.scores.add(f"e5.sensitivity.{d.label}.{exp}",
                             M.sensitivity_per_kelvin(self.grid, response, offset), f"{d.units} K-1",
@@ -713,25 +714,3 @@ def evaluate(cfg: C.Config, inputs: Inputs, output: str | Path) -> dict:
         tmp.write_text(page)
     log.info("report: %s (%d scores, %d figures)", output / "index.html", len(ev.scores.items), len(figs))
     return doc
-
-
-def add_arguments(parser) -> None:
-    from mdiff.cli import add_settings_arguments
-
-    add_settings_arguments(parser)
-    parser.add_argument("--rollout", nargs="+", required=True, help="rollout files of all experiments")
-    parser.add_argument("--state", nargs="+", required=True, help="prepared state files (the reference)")
-    parser.add_argument("--forcing", required=True, help="prepared/forcing.nc")
-    parser.add_argument("--statics", required=True, help="prepared/statics.nc")
-    parser.add_argument("--truth", help="the synthetic world's truth folder (source: synthetic)")
-    parser.add_argument("--output", required=True, help="report folder: index.html, scores.json, figures/")
-
-
-def main(args) -> int:
-    from mdiff.cli import load_settings
-
-    cfg = load_settings(args)
-    inputs = Inputs([Path(p) for p in args.rollout], [Path(p) for p in args.state], Path(args.forcing),
-                    Path(args.statics), Path(args.truth) if args.truth else None)
-    evaluate(cfg, inputs, args.output)
-    return 0

@@ -12,10 +12,11 @@ import torch
 
 from mdiff import config as C
 from mdiff import variables as V
+from mdiff.checkpoint import save
 from mdiff.data.normalize import Normalizer
 from mdiff.grid import LatLonGrid
 from mdiff.nn.model import build_model
-from mdiff.train import TrainOptions, checkpoint_payload, save
+from mdiff.train import TrainOptions, checkpoint_payload
 
 HERE = Path(__file__).parent
 
