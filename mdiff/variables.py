@@ -241,25 +241,25 @@ def as_table() -> list[dict]:
 
 
 def from_table(records: list[dict]) -> tuple[Channel, ...]:
-    """Channels from stored records (a checkpoint's table), of this or an older format: fields
-    a record lacks take their defaults, fields this version does not know are dropped, and a
-    record of a known channel keeps the current table's CMIP and display entries (older
-    formats stored only ``cmip_name``)."""
+    """Channels from stored records (a checkpoint's table) of this or an older format. A
+    record of a channel the current table knows is completed from it (older formats lack
+    ``plausible_range``, ``display`` and store ``cmip_name`` where ``cmip`` is now); fields
+    this version does not know are dropped."""
     known = {f.name for f in fields(Channel)}
     out = []
     for record in records:
-        entry = {k: v for k, v in record.items() if k in known}
-        entry["plausible_range"] = tuple(entry.get("plausible_range", (float("-inf"), float("inf"))))
-        current = BY_NAME.get(entry["name"])
+        current = BY_NAME.get(record["name"])
+        entry = {f.name: getattr(current, f.name) for f in fields(Channel)} if current else {}
+        entry.update({k: v for k, v in record.items() if k in known})
+        if "plausible_range" in entry:
+            entry["plausible_range"] = tuple(entry["plausible_range"])
         cmip = entry.get("cmip")
         if isinstance(cmip, dict):
             entry["cmip"] = CmipVariable(**{**cmip, "also_from": tuple(cmip.get("also_from", ()))})
-        elif record.get("cmip_name"):
+        elif "cmip_name" in record:  # format 1: the name only
             same = current is not None and current.cmip_name == record["cmip_name"]
-            entry["cmip"] = current.cmip if same else CmipVariable(record["cmip_name"])
+            entry["cmip"] = current.cmip if same else CmipVariable(record["cmip_name"]) if record["cmip_name"] else None
         if isinstance(entry.get("display"), dict):
             entry["display"] = Display(**entry["display"])
-        elif current is not None:
-            entry["display"] = current.display
         out.append(Channel(**entry))
     return tuple(out)
