@@ -50,17 +50,21 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "siconc": ("ci",),
 }
 
-# Unit spellings found in ERA5 / CF files, per table unit. A value outside these is an error.
+# Unit spellings found in ERA5 / CF files besides the table's own and ERA5's ``**`` exponents
+# (``m**2 s**-2`` for ``m2 s-2``), per table unit. A value outside these is an error.
 UNIT_SPELLINGS: dict[str, tuple[str, ...]] = {
-    "K": ("K", "kelvin"),
-    "1": ("1", "kg kg**-1", "kg kg-1", "kg/kg", "(0 - 1)", "0-1", "~", "dimensionless", "fraction", ""),
-    "m s-1": ("m s**-1", "m s-1", "m/s"),
-    "m2 s-2": ("m**2 s**-2", "m2 s-2", "m^2/s^2"),
-    "Pa": ("Pa",),
-    "kg m-2 s-1": ("kg m**-2 s**-1", "kg m-2 s-1"),
-    "m": ("m",),
-    "radians": ("radians", "rad", "radian"),
+    "K": ("kelvin",),
+    "1": ("kg kg-1", "kg/kg", "(0 - 1)", "0-1", "~", "dimensionless", "fraction", ""),
+    "m s-1": ("m/s",),
+    "m2 s-2": ("m^2/s^2",),
+    "radians": ("rad", "radian"),
 }
+
+
+def unit_spellings(units: str) -> tuple[str, ...]:
+    """Spellings of the table's ``units`` that files may use (ERA5's ``**`` exponents aside)."""
+    return (units, *UNIT_SPELLINGS.get(units, ()))
+
 
 # -------------------------------------------------------------------------- the groups
 
@@ -150,10 +154,10 @@ def level_hpa(ds: xr.Dataset, where: str) -> np.ndarray:
 def check_units(units: str | None, ch: V.Channel, name: str, where: str) -> None:
     if units is None:
         return  # files without units attributes are taken at their word
-    if units.strip() not in UNIT_SPELLINGS.get(ch.units, (ch.units,)):
+    if units.strip().replace("**", "") not in unit_spellings(ch.units):
         raise PreparedDataError(
             f"{where}: variable {name!r} (channel {ch.name}) has units {units!r}; expected {ch.units!r} "
-            f"(accepted spellings: {list(UNIT_SPELLINGS.get(ch.units, (ch.units,)))})"
+            f"(accepted spellings: {list(unit_spellings(ch.units))}, exponents also as **)"
         )
 
 
