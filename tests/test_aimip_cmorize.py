@@ -191,11 +191,17 @@ def test_validation_passes_with_all_checkers(tree):
     assert "PASSED" in (out / "report.md").read_text()
 
 
+def tree_copy(tree, name: str) -> tuple[C.Config, Path, Path]:
+    """(config, work folder, a copy of the tree fixture's AI-MIP root in work/name) to break."""
+    cfg, tmp, _, root = tree
+    copy = tmp / name / "aimip"
+    shutil.copytree(root, copy)
+    return cfg, tmp, copy
+
+
 @needs_cmor
 def test_broken_files_are_caught_naming_file_and_check(tree):
-    cfg, tmp, _, root = tree
-    broken = tmp / "broken/aimip"
-    shutil.copytree(root, broken)
+    cfg, tmp, broken = tree_copy(tree, "broken")
     files = {f.variable: broken / f.relpath
              for f in drs.member_files(cfg.aimip, cfg.periods, AIMIP_VARIABLES, "aimip", 1)}
     with netCDF4.Dataset(files["tas"], "a") as nc:  # wrong units
@@ -232,9 +238,7 @@ def test_broken_files_are_caught_naming_file_and_check(tree):
 
 @needs_cmor
 def test_missing_and_extra_files_are_caught(tree):
-    cfg, tmp, _, root = tree
-    other = tmp / "incomplete/aimip"
-    shutil.copytree(root, other)
+    cfg, tmp, other = tree_copy(tree, "incomplete")
     victim = other / drs.submission_file(cfg.aimip, cfg.periods, "vas", "aimip", 2).relpath
     victim.unlink()
     (other / "notes.txt").write_text("stray")

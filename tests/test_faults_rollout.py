@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from functools import partial
 from pathlib import Path
 
 import fault_tools as FT
@@ -188,6 +189,12 @@ def rollout_cmd(setup, tiny_world, output: Path) -> list[str]:
                         "--output", str(output), "--no-progress", "--threads", "1")
 
 
+def difference(output: Path, reference: Path) -> str | None:
+    """How a rerun's file differs from the uninterrupted run's (None: it does not)."""
+    diff = max_difference(output, reference)
+    return None if diff <= 1e-6 else f"differs from the uninterrupted run by {diff}"
+
+
 def phase(output: Path) -> str:
     """Where a kill landed, from what it left."""
     folder = output.parent
@@ -233,30 +240,12 @@ def test_rollout_killed_at_random_moments_resumes_exactly(setup, tiny_world, tmp
             if record.kills >= target_kills:
                 break
             if FT.run_killed(cmd, delay(), log):
-                record.kills += 1
-                record.phases[phase(output)] += 1
-                if output.exists() and max_difference(output, reference) > 1e-6:
-                    record.incomplete_final += 1
-                    record.problems.append(f"trial {trial}: {output} under its final name differs after a kill")
+                damaged = output.exists() and max_difference(output, reference) > 1e-6
+                record.killed(trial, phase(output), f"{output} under its final name differs" if damaged else None)
             else:
                 record.finished_before_kill += 1
-        rc = FT.run_complete(cmd, log)
-        record.reruns += 1
-        if rc != 0:
-            record.failed_reruns += 1
-            record.problems.append(f"trial {trial}: rerun exited {rc}: {log.read_text()[-1500:]}")
-            continue
-        diff = max_difference(output, reference)
-        if diff <= 1e-6:
-            record.exact += 1
-        else:
-            record.silent_corruptions += 1
-            record.problems.append(f"trial {trial}: rerun ended 0 but differs from the uninterrupted run by {diff}")
-        leftovers = FT.stale_files(folder)
-        if leftovers:
-            record.leftovers += 1
-            record.problems.append(f"trial {trial}: left {leftovers}")
-        if not record.problems:
+        if record.reran(trial, FT.run_complete(cmd, log), log, partial(difference, output, reference), folder) \
+                and not record.problems:
             output.unlink()  # keep the disk small; failed trials stay for inspection
     record.seconds += time.perf_counter() - started
     assert record.kills >= target_kills, f"only {record.kills} kills landed in {trial} trials"
