@@ -453,7 +453,7 @@ def parser_for(name: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _move_to_cmor_interpreter(argv: list[str]) -> None:
+def move_to_cmor_interpreter(argv: list[str]) -> None:
     """Replace this process by the same command in the CMOR interpreter, if this one lacks
     CMOR and the CMOR interpreter is another (else the command's own error says what is missing)."""
     from mdiff.aimip.cmor_env import cmor_python, has_cmor
@@ -476,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = COMMANDS[name]
     args = parser_for(name).parse_args(rest)
     if spec.needs_cmor:
-        _move_to_cmor_interpreter(argv)
+        move_to_cmor_interpreter(argv)
     launch = torchrun_command(args.gpus, argv) if name == "train" else None
     if launch is not None:
         os.execv(launch[0], launch)

@@ -8,7 +8,7 @@ from pathlib import Path
 import fake_channel
 import pytest
 import torch
-from test_train import _reference_outputs
+from test_train import reference_outputs
 
 from mdiff import checkpoint
 from mdiff import config as C
@@ -42,7 +42,7 @@ def test_an_old_checkpoint_still_loads_after_a_channel_is_added_to_the_table(mon
     assert loaded.model.n_state == 37 and fake_channel.FAKE not in loaded.channels
     expected = torch.load(DATA / "tiny_expected.pt", weights_only=True)
     with torch.no_grad():
-        outputs = _reference_outputs(loaded.model, expected["inputs"])
+        outputs = reference_outputs(loaded.model, expected["inputs"])
     for name, value in outputs.items():
         assert torch.allclose(value, expected["outputs"][name], atol=1e-4, rtol=1e-4), name
     # ... and a rollout, which writes the table's channels, says why it cannot use it

@@ -59,4 +59,4 @@ def test_cmorize_moves_into_the_cmor_interpreter_once(monkeypatch, tmp_path):
     path, args, env = launched.value.args
     assert path == str(python) and args == [str(python), "-m", "mdiff.cli", *argv] and env[cli.CMOR_MOVED] == "1"
     monkeypatch.setenv(cli.CMOR_MOVED, "1")  # already moved: never again
-    cli._move_to_cmor_interpreter(argv)
+    cli.move_to_cmor_interpreter(argv)

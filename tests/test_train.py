@@ -189,13 +189,13 @@ def test_committed_checkpoint_still_loads_and_reproduces_its_output():
     model, meta = loaded.model, loaded.meta
     expected = torch.load(DATA / "tiny_expected.pt", weights_only=True)
     with torch.no_grad():
-        outputs = _reference_outputs(model, expected["inputs"])
+        outputs = reference_outputs(model, expected["inputs"])
     for name, value in outputs.items():
         assert torch.allclose(value, expected["outputs"][name], atol=1e-4, rtol=1e-4), name
     assert meta["format_version"] == 1
 
 
-def _reference_outputs(model, inputs: dict) -> dict:
+def reference_outputs(model, inputs: dict) -> dict:
     cond = model.conditioning(inputs["forcing"], inputs["month"])
     cond_next = model.conditioning(inputs["forcing_next"], inputs["month"] % 12 + 1)
     mu, logvar = model.encode(inputs["state"], cond)
