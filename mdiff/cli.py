@@ -302,6 +302,17 @@ def bench(args, cfg):
     BENCHMARKS[args.what][0](args)
 
 
+@command("variables", "print the variable table (docs/variables.md)", settings=False)
+def variables(args, cfg):
+    from mdiff import variables as V
+
+    print(f"{'channel':<14} {'role':<8} {'units':<11} {'transform':<9} {'AI-MIP':<22} report")
+    for c in V.ALL:
+        cmip = f"{c.cmip.name} [{c.cmip.units or c.units}]" if c.cmip else "-"
+        shown = c.shown
+        print(f"{c.name:<14} {c.role:<8} {c.units:<11} {c.transform:<9} {cmip:<22} {shown.label} [{shown.units}]")
+
+
 @command("config-schema", "print the JSON schema of the workflow config",
          arg("--output", help="write here instead of printing"), settings=False)
 def config_schema(args, cfg):

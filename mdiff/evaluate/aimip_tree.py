@@ -239,7 +239,7 @@ def score(cfg: C.Config, root: str | Path, state: list[Path], output: str | Path
     root, output = Path(root), Path(output)
     ev = cfg.evaluate
     experiments = list(cfg.rollout.experiments)
-    if "aimip" not in experiments:
+    if protocol.CONTROL not in experiments:
         raise AimipTreeError(f"rollout.experiments {experiments}: the organisers' metrics need aimip")
     members = range(1, cfg.rollout.members + 1)
     varmap = load_variable_map()
@@ -249,7 +249,7 @@ def score(cfg: C.Config, root: str | Path, state: list[Path], output: str | Path
     def gr_file(variable, exp, member) -> Path:
         return root / drs.submission_file(cfg.aimip, cfg.periods, variable, exp, member, "gr").relpath
 
-    probe = gr_file("tas", "aimip", 1)
+    probe = gr_file("tas", protocol.CONTROL, 1)
     if not probe.exists():
         raise FileNotFoundError(f"{probe}: no gr file: set aimip.grids: [gn, gr] (the organisers' metrics are on 1 degree)")
     all_months = file_months(probe)
@@ -267,10 +267,10 @@ def score(cfg: C.Config, root: str | Path, state: list[Path], output: str | Path
         for name, spec in varmap.items():
             levels = list(spec.levels_pa) or [None]
             stats = {exp: [field_stats(read_levels(gr_file(name, exp, k), name, sel), months, ev.periods, nino,
-                                       w_all, full=exp == "aimip") for k in members] for exp in experiments}
+                                       w_all, full=exp == protocol.CONTROL) for k in members] for exp in experiments}
             ref = field_stats(read_levels(ref_path, name, ref_all), months, ev.periods, nino, w_all, full=True)
             units = spec.units
-            a = stats["aimip"]
+            a = stats[protocol.CONTROL]
             for li, lev in enumerate(levels):
                 lab = label(name, lev)
                 for pi, p in enumerate(ev.periods):
@@ -299,7 +299,7 @@ def score(cfg: C.Config, root: str | Path, state: list[Path], output: str | Path
                 if lab in E5_FIELDS:
                     control = np.mean([m["time_mean"][li] for m in a], axis=0)
                     for exp in experiments:
-                        if exp == "aimip":
+                        if exp == protocol.CONTROL:
                             continue
                         warm = np.mean([m["time_mean"][li] for m in stats[exp]], axis=0)
                         resp = float(wmean(warm - control, w_all))

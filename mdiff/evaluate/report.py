@@ -22,7 +22,6 @@ import numpy as np
 from tqdm import tqdm
 
 from mdiff import config as C
-from mdiff import protocol
 from mdiff import variables as V
 from mdiff.data.prepared import PreparedDataError, month_range
 from mdiff.evaluate import metrics as M
@@ -32,11 +31,10 @@ from mdiff.evaluate.oracle import Oracle, fit_oracle, sst_basis
 from mdiff.evaluate.targets import headline
 from mdiff.fileio import atomic_path, write_json
 from mdiff.grid import LatLonGrid
+from mdiff.protocol import CONTROL, SST_OFFSET_K, WARMED
 
 log = logging.getLogger(__name__)
 
-CONTROL = "aimip"
-WARMED = ("aimip-p2k", "aimip-p4k")
 NAO_EXTENT = (-90.0, 40.0, 20.0, 80.0)  # lon -90..40, lat 20..80 (the sector drawn)
 FIGURES = "figures"
 
@@ -459,7 +457,7 @@ class Evaluation:
         control = em.mean(axis=(0, 1), dtype=np.float64)
         panels = []
         for exp in self.warmed:
-            offset = protocol.SST_OFFSET_K[exp]
+            offset = SST_OFFSET_K[exp]
             response = warmed_means[exp] - control
             self.scores.add(f"e5.sensitivity.{d.label}.{exp}",
                             M.sensitivity_per_kelvin(self.grid, response, offset), f"{d.units} K-1",
