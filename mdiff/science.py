@@ -151,7 +151,37 @@ def run(setting: str, seed: int, workdir: Path, sets: list[str], world_seed: int
     return result
 
 
+SHORT_LABELS = ("corr", "amp", "land", "ocean", "var tas", "var psl", "ENSO", "NAO", "trend")
+
+
+def records_table(folder: Path, names: list[str] | None = None) -> str:
+    """Markdown table of the headline scores of ``folder/NAME_sSEED.json`` records, one row per
+    NAME, seeds side by side (``--record`` writes them)."""
+    import re
+
+    runs: dict[str, dict[int, dict]] = {}
+    for path in sorted(Path(folder).glob("*_s*.json")):
+        match = re.fullmatch(r"(.+)_s(\d+)", path.stem)
+        if match:
+            runs.setdefault(match.group(1), {})[int(match.group(2))] = json.loads(path.read_text())
+    lines = ["| configuration | " + " | ".join(SHORT_LABELS) + " | targets met |",
+             "|---|" + "---|" * (len(SHORT_LABELS) + 1)]
+    for name in names or list(runs):
+        seeds = runs.get(name)
+        if not seeds:
+            continue
+        docs = [seeds[s] for s in sorted(seeds)]
+        cells = [" / ".join("n/a" if d["headline"][i]["value"] is None else f"{d['headline'][i]['value']:.2f}"
+                            for d in docs) for i in range(len(SHORT_LABELS))]
+        met = " / ".join(str(sum(r["met"] for r in d["headline"])) for d in docs)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {met} of {len(SHORT_LABELS)} |")
+    return "\n".join(lines)
+
+
 def bench_science(args) -> None:
+    if args.table:
+        print(records_table(Path(args.workdir) / "records", args.table_rows))
+        return
     if args.threads > 0:
         import torch
 
@@ -166,6 +196,10 @@ def bench_science(args) -> None:
         value = "n/a" if r["value"] is None else f"{r['value']:.3f}"
         oracle = "" if r["oracle"] is None else f"  (oracle {r['oracle']:.3f})"
         print(f"  {'ok  ' if r['met'] else 'MISS'} {r['label']:<{width}} {value:>7}  target {r['target']}{oracle}")
+    if args.record:
+        records = Path(args.workdir) / "records"
+        records.mkdir(parents=True, exist_ok=True)
+        (records / f"{args.record}_s{args.seed}.json").write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({"headline": {r["score"]: r["value"] for r in result["headline"]},
                       "met": sum(r["met"] for r in result["headline"]), "of": len(result["headline"]),
                       "perfect": result["perfect"]}))
@@ -184,4 +218,7 @@ ARGUMENTS = [
     (("--model",), {"help": "model config YAML (default: the setting's)"}),
     (("--threads",), {"type": int, "default": 0, "help": "torch threads (0: default)"}),
     (("--grid",), {"help": "NLATxNLON (default: config/config.yaml's, 37x72)"}),
+    (("--record",), {"metavar": "NAME", "help": "also keep the result as WORKDIR/records/NAME_sSEED.json"}),
+    (("--table",), {"action": "store_true", "help": "print the table of WORKDIR/records and exit"}),
+    (("--table-rows",), {"nargs": "+", "metavar": "NAME", "help": "rows of --table, in this order"}),
 ]

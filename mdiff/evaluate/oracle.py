@@ -42,6 +42,19 @@ class SstBasis:
         return weighted_anomalies @ self.eofs.T
 
 
+def unavailable(months: np.ndarray, train: tuple[str, str], validate: tuple[str, str]) -> str | None:
+    """Why the oracle cannot be fitted on these months (None when it can): it needs every calendar
+    month in the training period, more than two months per predictor, and some validation months."""
+    train_sel = M.select_months(months, *train)
+    if np.unique(M.month_of_year(months[train_sel])).size < 12:
+        return f"the evaluated months hold {int(train_sel.sum())} of the training period {train[0]}..{train[1]}"
+    if train_sel.sum() <= 2 * min(CANDIDATE_COMPONENTS):
+        return f"only {int(train_sel.sum())} training months (need > {2 * min(CANDIDATE_COMPONENTS)})"
+    if not M.select_months(months, *validate).any():
+        return f"no evaluated month in the validation period {validate[0]}..{validate[1]}"
+    return None
+
+
 def sst_basis(grid: LatLonGrid, sst: np.ndarray, months: np.ndarray, train: np.ndarray) -> SstBasis:
     ocean = np.isfinite(sst[train]).all(axis=0)
     if not ocean.any():

@@ -28,6 +28,7 @@ from mdiff.evaluate import metrics as M
 from mdiff.evaluate import sources as S
 from mdiff.evaluate.figures import MapPanel, MapRow, Series, SeriesPanel, maps_figure, series_figure
 from mdiff.evaluate.oracle import Oracle, fit_oracle, sst_basis
+from mdiff.evaluate.oracle import unavailable as oracle_unavailable
 from mdiff.evaluate.targets import headline
 from mdiff.fileio import atomic_path, write_json
 from mdiff.grid import LatLonGrid
@@ -143,7 +144,11 @@ class Evaluation:
         # The linear oracle (mdiff.evaluate.oracle): fitted on the training months only.
         train, validate = cfg.periods.train, cfg.periods.validate
         self.oracle_periods = (tuple(train), tuple(validate))
-        self.oracle_basis = sst_basis(self.grid, self.sst, self.months, M.select_months(self.months, *train))
+        why_not = oracle_unavailable(self.months, *self.oracle_periods) if self.synthetic else "no known truth"
+        if why_not and self.synthetic:
+            log.warning("linear oracle skipped: %s", why_not)
+        self.oracle_basis = (None if why_not else
+                             sst_basis(self.grid, self.sst, self.months, M.select_months(self.months, *train)))
         self.planted_drivers = self._planted_drivers() if self.synthetic else None
 
     def _check_channels(self) -> None:
@@ -176,7 +181,9 @@ class Evaluation:
             self.nonfinite[ens.name] += int((~np.isfinite(values)).sum())
         return values
 
-    def _oracle(self, ch: str, ref: np.ndarray) -> Oracle:
+    def _oracle(self, ch: str, ref: np.ndarray) -> Oracle | None:
+        if self.oracle_basis is None:
+            return None
         train, validate = self.oracle_periods
         return fit_oracle(self.grid, self.sst, {ch: ref[0]}, self.months, train, validate, self.oracle_basis)
 
@@ -231,12 +238,13 @@ class Evaluation:
 
     # ------------------------------------------------------------- E2 + stability
 
-    def _trends_and_stability(self, ch, em, ref, truth, warmed_global, oracle: Oracle) -> None:
+    def _trends_and_stability(self, ch, em, ref, truth, warmed_global, oracle: Oracle | None) -> None:
         d = S.display(ch)
         gm = {CONTROL: M.area_mean(self.grid, em), "reference": M.area_mean(self.grid, ref)[0]}
         if truth is not None:
             gm["truth"] = M.area_mean(self.grid, truth)
-            gm["oracle"] = M.area_mean(self.grid, oracle.predict(ch, self.sst, self.months))
+            if oracle is not None:
+                gm["oracle"] = M.area_mean(self.grid, oracle.predict(ch, self.sst, self.months))
         anomalies = {k: M.monthly_anomalies(v, self.months, axis=-1) for k, v in gm.items()}
         for period in self.ecfg.periods:
             label = period_label(period)
@@ -255,7 +263,7 @@ class Evaluation:
                 self.scores.add(f"perfect.trend.{d.label}.{label}.truth_std", _std(trend["truth"]),
                                 f"{d.units} decade-1", f"{what}: standard deviation across truth realisations")
                 true_trend = float(np.mean(trend["truth"]))
-                for who in (CONTROL, "oracle"):
+                for who in (w for w in (CONTROL, "oracle") if w in trend):
                     name = "emulator" if who == CONTROL else "oracle"
                     self.scores.add(f"perfect.trend.{d.label}.{label}.ratio_{name}",
                                     float(np.mean(trend[who])) / true_trend if true_trend else None, "1",
@@ -366,7 +374,7 @@ class Evaluation:
                                     f"expected a warm-phase pattern to normalise the teleconnections")
         return pattern / per_k
 
-    def _enso(self, ch, em, ref, truth, oracle: Oracle) -> None:
+    def _enso(self, ch, em, ref, truth, oracle: Oracle | None) -> None:
         d = S.display(ch)
         reg_em = M.enso_regression(em.mean(axis=0, dtype=np.float64), self.months, self.nino34)
         reg_ref = M.enso_regression(ref[0], self.months, self.nino34)
@@ -402,8 +410,9 @@ class Evaluation:
             per_index = S.read_map(Path(self.truth_dir) / "modes.nc", f"enso_pattern_{V.channel(ch).variable}",
                                    ch, self.grid)
             maps = {"emulator": self._planted_regression(em.mean(axis=0, dtype=np.float64)),
-                    "truth": np.mean([self._planted_regression(r) for r in truth], axis=0),
-                    "oracle": self._planted_regression(oracle.predict(ch, self.sst, self.months))}
+                    "truth": np.mean([self._planted_regression(r) for r in truth], axis=0)}
+            if oracle is not None:
+                maps["oracle"] = self._planted_regression(oracle.predict(ch, self.sst, self.months))
             for who, reg in maps.items():
                 what = {"truth": "the truth realisations (mean map: the sampling ceiling)",
                         "oracle": "the linear oracle's prediction"}.get(who, "the emulator (ensemble mean)")
@@ -452,7 +461,7 @@ class Evaluation:
 
     # ------------------------------------------------------------------- E5
 
-    def _response(self, ch, em, warmed_means, oracle: Oracle) -> None:
+    def _response(self, ch, em, warmed_means, oracle: Oracle | None) -> None:
         d = S.display(ch)
         control = em.mean(axis=(0, 1), dtype=np.float64)
         panels = []
@@ -475,8 +484,10 @@ class Evaluation:
                                 M.sensitivity_per_kelvin(self.grid, true, offset), f"{d.units} K-1",
                                 "perfect model: global-mean sensitivity per K of the exact response")
                 land = self.land >= 0.5
-                predicted = oracle.response(ch, offset)
-                for who, resp in (("", response), ("oracle_", predicted)):
+                versions = [("", response)]
+                if oracle is not None:
+                    versions.append(("oracle_", oracle.response(ch, offset)))
+                for who, resp in versions:
                     name = "the linear oracle's" if who else "the emulator's"
                     for region, mask in (("land", land), ("ocean", ~land)):
                         true_mean = float(M.area_mean(self.grid, true, mask))
