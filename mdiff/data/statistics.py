@@ -117,6 +117,12 @@ def compute_statistics(state_files, statics_file, grid: LatLonGrid, period: list
         raise P.PreparedDataError(f"no prepared months within the statistics period {period} in {list(state_files)}")
     mean, std = moments.result()
     clim, anomaly_std = monthly.result(grid.area_weights)
+    if monthly.count.max(axis=(1, 2, 3)).min() < 2:
+        # One sample of a calendar month has no anomaly: scaling by a zero (or floored) anomaly std would
+        # blow anomalies of other years up to thousands of units. Short test periods scale by the std.
+        log.warning("the statistics period %s..%s holds a calendar month only once: anomalies are scaled by "
+                    "each channel's std (use >= 2 years, as the real periods do)", *period)
+        anomaly_std = std
     channels, climatology = {}, {}
     for i, (ch, m, s) in enumerate(zip(dynamic, mean, std, strict=True)):
         channels[ch.name] = {"mean": float(m), "std": _safe_std(s, ch.name), "transform": ch.transform,
