@@ -262,7 +262,7 @@ def test_rerun_aborts_this_submissions_stale_multipart_uploads(endpoint, tmp_pat
     client = s3(endpoint)
     client.create_bucket(Bucket="stale-uploads")
     root = make_tree(tmp_path)
-    ours = "mdiff/mdiff-MD15/aimip/r4i1p1f1/mon/tas/f3.nc"
+    ours = "mdiff/mdiff-MD15/aimip/r4i1p1f1/Amon/tas/f3.nc"  # a file of make_tree
     theirs = "other-institution/model/aimip/r1i1p1f1/mon/tas/x.nc"
     for key in (ours, theirs):
         upload = client.create_multipart_upload(Bucket="stale-uploads", Key=key)
