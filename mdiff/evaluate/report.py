@@ -40,6 +40,12 @@ NAO_EXTENT = (-90.0, 40.0, 20.0, 80.0)  # lon -90..40, lat 20..80 (the sector dr
 FIGURES = "figures"
 
 
+def response_bands(grid: LatLonGrid) -> dict[str, np.ndarray]:
+    """Latitude bands of the response scores: tropics |lat| < 30, mid-latitudes 30-60, polar > 60."""
+    abs_lat = np.repeat(np.abs(grid.lat)[:, None], grid.nlon, axis=1)
+    return {"tropics": abs_lat < 30.0, "midlatitudes": (abs_lat >= 30.0) & (abs_lat <= 60.0), "polar": abs_lat > 60.0}
+
+
 # ------------------------------------------------------------------------ plumbing
 
 
@@ -495,6 +501,16 @@ class Evaluation:
                                         float(M.area_mean(self.grid, resp, mask)) / true_mean if true_mean else None,
                                         "1", f"perfect model: {name} area-mean response over {region} "
                                         f"(land fraction {'>=' if region == 'land' else '<'} 0.5) / the exact one")
+                    # where the response is right or wrong: latitude bands, and the pattern without the poles
+                    for band, mask in response_bands(self.grid).items():
+                        true_mean = float(M.area_mean(self.grid, true, mask))
+                        self.scores.add(f"perfect.response.{d.label}.{exp}.{who}band_ratio.{band}",
+                                        float(M.area_mean(self.grid, resp, mask)) / true_mean if true_mean else None,
+                                        "1", f"perfect model: {name} area-mean response over {band} / the exact one")
+                    self.scores.add(f"perfect.response.{d.label}.{exp}.{who}pattern_correlation_lat60",
+                                    M.pattern_correlation(self.grid, resp, true, M.lat_band_mask(self.grid, 60.0)),
+                                    "1", f"perfect model: pattern correlation of {name} response with the exact "
+                                    "one over |lat| <= 60")
                     if who:
                         self.scores.add(f"perfect.response.{d.label}.{exp}.oracle_pattern_correlation",
                                         M.pattern_correlation(self.grid, resp, true), "1",
