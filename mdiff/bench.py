@@ -7,7 +7,6 @@ measured in one run.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 
@@ -204,15 +203,3 @@ BENCHMARKS: dict[str, tuple] = {
                  (("--reference",), {"action": "store_true",
                                      "help": "step with the model's own API instead of the fast path"})]),
 }
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="what", required=True)
-    for name, (_, help_text, extra) in BENCHMARKS.items():
-        p = sub.add_parser(name, help=help_text)
-        for flags, kwargs in extra:
-            p.add_argument(*flags, **kwargs)
-
-
-def main(args) -> None:
-    BENCHMARKS[args.what][0](args)

@@ -19,11 +19,8 @@ from typing import Any, Literal
 import dacite
 import yaml
 
-EXPERIMENTS = ("aimip", "aimip-p2k", "aimip-p4k")
-SST_OFFSET_K = {"aimip": 0.0, "aimip-p2k": 2.0, "aimip-p4k": 4.0}
-AIMIP_TRAINING_LIMIT = "2014-12"  # AI-MIP: train and select on ERA5 within 1979-2014 only
-# ERA5 request groups (mdiff.data.era5 derives their content from the variable table)
-ERA5_GROUPS = ("pressure", "pressure_500", "single", "invariant")
+from mdiff import protocol
+from mdiff.variables import ERA5_GROUPS
 
 
 class ConfigError(ValueError):
@@ -32,20 +29,22 @@ class ConfigError(ValueError):
 
 def _check_month(value: str, where: str) -> str:
     try:
-        y, m = value.split("-")
-        if len(y) != 4 or not 1 <= int(m) <= 12:
-            raise ValueError
-    except ValueError:
-        raise ConfigError(f"{where}: {value!r} is not a month of the form YYYY-MM") from None
+        protocol.parse_month(value)
+    except ValueError as err:
+        raise ConfigError(f"{where}: {err}") from None
     return value
 
 
+def _require(ok: bool, message: str) -> None:
+    """A config check: raise ``message`` (what is wrong, what was expected) unless ``ok``."""
+    if not ok:
+        raise ConfigError(message)
+
+
 def _check_period(period: list[str], where: str) -> None:
-    if len(period) != 2:
-        raise ConfigError(f"{where}: expected [first month, last month], got {period!r}")
+    _require(len(period) == 2, f"{where}: expected [first month, last month], got {period!r}")
     a, b = (_check_month(p, where) for p in period)
-    if a > b:
-        raise ConfigError(f"{where}: first month {a} is after last month {b}")
+    _require(a <= b, f"{where}: first month {a} is after last month {b}")
 
 
 @dataclass
@@ -56,41 +55,38 @@ class GridConfig:
     nlon: int = 240
 
     def __post_init__(self) -> None:
-        if self.nlat < 3 or self.nlon != 2 * (self.nlat - 1):
-            raise ConfigError(f"grid: nlat={self.nlat}, nlon={self.nlon}; expected nlon = 2*(nlat-1)")
+        _require(self.nlat >= 3 and self.nlon == 2 * (self.nlat - 1),
+                 f"grid: nlat={self.nlat}, nlon={self.nlon}; expected nlon = 2*(nlat-1)")
 
 
 @dataclass
 class PeriodsConfig:
     """Months are 'YYYY-MM'; periods are inclusive [first, last]."""
 
-    run_start: str = "1978-10"  # initial condition of the rollouts (and first prepared month)
-    run_end: str = "2024-12"  # last month of the rollouts
-    stats: list[str] = field(default_factory=lambda: ["1979-01", "2014-12"])
-    train: list[str] = field(default_factory=lambda: ["1985-01", "2014-12"])
-    validate: list[str] = field(default_factory=lambda: ["1979-01", "1984-12"])
+    run_start: str = protocol.RUN[0]  # initial condition of the rollouts (and first prepared month)
+    run_end: str = protocol.RUN[1]  # last month of the rollouts
+    stats: list[str] = field(default_factory=lambda: [protocol.ANALYSIS[0], protocol.TRAINING_LIMIT])
+    train: list[str] = field(default_factory=lambda: ["1985-01", protocol.TRAINING_LIMIT])
+    validate: list[str] = field(default_factory=lambda: [protocol.ANALYSIS[0], "1984-12"])
 
     def __post_init__(self) -> None:
         # Order and containment of every period, here, when the config loads: a bad period
         # must not surface later as a strange error of another stage (or not at all).
         _check_month(self.run_start, "periods.run_start")
         _check_month(self.run_end, "periods.run_end")
-        if self.run_end < self.run_start:
-            raise ConfigError(f"periods.run_end {self.run_end} is before periods.run_start {self.run_start}; "
-                              "expected run_start <= run_end (the prepared and rolled-out months)")
+        _require(self.run_start <= self.run_end,
+                 f"periods.run_end {self.run_end} is before periods.run_start {self.run_start}; "
+                 "expected run_start <= run_end (the prepared and rolled-out months)")
         for name in ("stats", "train", "validate"):
             period = getattr(self, name)
             _check_period(period, f"periods.{name}")
-            if period[1] > AIMIP_TRAINING_LIMIT:
-                raise ConfigError(
-                    f"periods.{name} ends {period[1]}: AI-MIP allows training, statistics and "
-                    f"model selection on 1979-2014 only (last month {AIMIP_TRAINING_LIMIT})"
-                )
-            if period[0] < self.run_start or period[1] > self.run_end:
-                raise ConfigError(
-                    f"periods.{name} {period[0]}..{period[1]} is not inside the prepared months "
-                    f"periods.run_start..run_end {self.run_start}..{self.run_end}; expected "
-                    f"{self.run_start} <= first <= last <= {self.run_end}")
+            _require(period[1] <= protocol.TRAINING_LIMIT,
+                     f"periods.{name} ends {period[1]}: AI-MIP allows training, statistics and "
+                     f"model selection on 1979-2014 only (last month {protocol.TRAINING_LIMIT})")
+            _require(self.run_start <= period[0] and period[1] <= self.run_end,
+                     f"periods.{name} {period[0]}..{period[1]} is not inside the prepared months "
+                     f"periods.run_start..run_end {self.run_start}..{self.run_end}; expected "
+                     f"{self.run_start} <= first <= last <= {self.run_end}")
 
 
 @dataclass
@@ -102,8 +98,7 @@ class SyntheticConfig:
     sst_offset: float = 0.0  # uniform SST offset over ocean, K (the world's own +dK runs)
 
     def __post_init__(self) -> None:
-        if self.realizations < 1:
-            raise ConfigError("synthetic.realizations must be >= 1")
+        _require(self.realizations >= 1, "synthetic.realizations must be >= 1")
 
 
 @dataclass
@@ -127,13 +122,11 @@ class Era5Config:
     forcing_sha256: str = ""  # pin the AI-MIP file ("" = only record the checksum on first fetch)
 
     def __post_init__(self) -> None:
-        if self.max_retries < 0 or self.retry_backoff_s < 0:
-            raise ConfigError("era5.max_retries and era5.retry_backoff_s must be >= 0")
-        bad = [k for k in self.local_patterns if k not in ERA5_GROUPS]
-        if bad:
-            raise ConfigError(f"era5.local_patterns: unknown group(s) {bad}; expected {list(ERA5_GROUPS)}")
-        if self.forcing_sha256 and len(self.forcing_sha256) != 64:
-            raise ConfigError("era5.forcing_sha256: expected 64 hex digits (or empty)")
+        _require(self.max_retries >= 0 and self.retry_backoff_s >= 0,
+                 "era5.max_retries and era5.retry_backoff_s must be >= 0")
+        bad = [k for k in self.local_patterns if k not in ERA5_GROUPS]  # groups of the variable table
+        _require(not bad, f"era5.local_patterns: unknown group(s) {bad}; expected {list(ERA5_GROUPS)}")
+        _require(len(self.forcing_sha256) in (0, 64), "era5.forcing_sha256: expected 64 hex digits (or empty)")
 
 
 @dataclass
@@ -141,7 +134,7 @@ class RolloutConfig:
     """Ensemble rollouts (mdiff rollout): run_start..run_end of periods, per experiment and
     member batch (consecutive blocks of member_batch members, 1-based)."""
 
-    experiments: list[str] = field(default_factory=lambda: list(EXPERIMENTS))
+    experiments: list[str] = field(default_factory=lambda: list(protocol.EXPERIMENTS))
     members: int = 5
     member_batch: int = 5  # members stepped together in one job
     seed: int = 20250101  # base seed; member k uses a generator seeded from (seed, k)
@@ -151,15 +144,11 @@ class RolloutConfig:
     resume_every: int = 12  # months between resume states ({output}.resume.pt)
 
     def __post_init__(self) -> None:
-        bad = [e for e in self.experiments if e not in EXPERIMENTS]
-        if bad:
-            raise ConfigError(f"rollout.experiments: unknown {bad}; expected some of {list(EXPERIMENTS)}")
-        if self.members < 1 or self.member_batch < 1:
-            raise ConfigError("rollout.members and rollout.member_batch must be >= 1")
-        if self.resume_every < 1:
-            raise ConfigError("rollout.resume_every must be >= 1 (months between resume states)")
-        if not 0 <= self.seed < 2**63:
-            raise ConfigError(f"rollout.seed = {self.seed}; expected 0 <= seed < 2**63")
+        bad = [e for e in self.experiments if e not in protocol.EXPERIMENTS]
+        _require(not bad, f"rollout.experiments: unknown {bad}; expected some of {list(protocol.EXPERIMENTS)}")
+        _require(self.members >= 1 and self.member_batch >= 1, "rollout.members and rollout.member_batch must be >= 1")
+        _require(self.resume_every >= 1, "rollout.resume_every must be >= 1 (months between resume states)")
+        _require(0 <= self.seed < 2**63, f"rollout.seed = {self.seed}; expected 0 <= seed < 2**63")
 
 
 @dataclass
@@ -183,16 +172,16 @@ class AimipConfig:
     def __post_init__(self) -> None:
         for key in ("institution_id", "source_id"):
             value = getattr(self, key)
-            if not value or "_" in value or "/" in value or " " in value:
-                raise ConfigError(f"aimip.{key} {value!r}: letters, digits and dashes only "
-                                  "(no underscores, slashes or spaces: it is part of file names)")
-        if len(self.version) != 9 or not self.version.startswith("v") or not self.version[1:].isdigit():
-            raise ConfigError(f"aimip.version {self.version!r}: expected vYYYYMMDD")
-        if "gn" not in self.grids or len(set(self.grids)) != len(self.grids):
-            raise ConfigError(f"aimip.grids {self.grids}: expected [gn] or [gn, gr] (the native grid is "
-                              "required; gr is regridded from it)")
-        if not 0 <= self.deflate_level <= 9 or self.block_months < 1:
-            raise ConfigError("aimip.deflate_level must be 0..9 and aimip.block_months >= 1")
+            _require(bool(value) and not {"_", "/", " "} & set(value),
+                     f"aimip.{key} {value!r}: letters, digits and dashes only "
+                     "(no underscores, slashes or spaces: it is part of file names)")
+        _require(len(self.version) == 9 and self.version.startswith("v") and self.version[1:].isdigit(),
+                 f"aimip.version {self.version!r}: expected vYYYYMMDD")
+        _require("gn" in self.grids and len(set(self.grids)) == len(self.grids),
+                 f"aimip.grids {self.grids}: expected [gn] or [gn, gr] (the native grid is required; gr is "
+                 "regridded from it)")
+        _require(0 <= self.deflate_level <= 9 and self.block_months >= 1,
+                 "aimip.deflate_level must be 0..9 and aimip.block_months >= 1")
 
 
 @dataclass
@@ -200,9 +189,9 @@ class EvaluateConfig:
     """The evaluation report (AIMIP.md, evaluation): channels, periods and regions."""
 
     # The whole analysis period (spin-up excluded): climatologies, modes, responses.
-    analysis: list[str] = field(default_factory=lambda: ["1979-01", "2024-12"])
+    analysis: list[str] = field(default_factory=lambda: list(protocol.ANALYSIS))
     # E1 biases and E2 trends, per period (AI-MIP: training era and held-out era).
-    periods: list[list[str]] = field(default_factory=lambda: [["1979-01", "2014-12"], ["2015-01", "2024-12"]])
+    periods: list[list[str]] = field(default_factory=lambda: [list(protocol.TRAINING_ERA), list(protocol.HELD_OUT)])
     variables: list[str] = field(default_factory=lambda: ["tas", "pr", "psl", "ta850", "z500", "ua250"])
     # E3: channels regressed on the Nino3.4 index.
     enso_variables: list[str] = field(default_factory=lambda: ["tas", "pr", "z500"])
@@ -212,16 +201,14 @@ class EvaluateConfig:
     max_abs_lat: float = 87.5  # E1 RMS over |lat| <= this (as the AI-MIP evaluators do)
 
     def __post_init__(self) -> None:
-        # Channel names are checked by `mdiff evaluate` (config imports nothing of mdiff).
+        # Channel names are checked by `mdiff evaluate`.
         _check_period(self.analysis, "evaluate.analysis")
-        if not self.periods:
-            raise ConfigError("evaluate.periods: expected at least one [first, last] period")
+        _require(bool(self.periods), "evaluate.periods: expected at least one [first, last] period")
         for i, period in enumerate(self.periods):
             _check_period(period, f"evaluate.periods[{i}]")
-            if period[0] < self.analysis[0] or period[1] > self.analysis[1]:
-                raise ConfigError(f"evaluate.periods[{i}] {period} lies outside evaluate.analysis {self.analysis}")
-        if not 0 < self.max_abs_lat <= 90:
-            raise ConfigError(f"evaluate.max_abs_lat = {self.max_abs_lat}; expected (0, 90]")
+            _require(self.analysis[0] <= period[0] and period[1] <= self.analysis[1],
+                     f"evaluate.periods[{i}] {period} lies outside evaluate.analysis {self.analysis}")
+        _require(0 < self.max_abs_lat <= 90, f"evaluate.max_abs_lat = {self.max_abs_lat}; expected (0, 90]")
 
 
 @dataclass
@@ -239,12 +226,10 @@ class SubmitConfig:
     max_attempts: int = 2  # per request (botocore) and per operation (s3fs)
 
     def __post_init__(self) -> None:
-        if self.chunksize_mb < 5:
-            raise ConfigError("submit.chunksize_mb must be >= 5 (the S3 minimum part size)")
-        if not self.bucket or "/" in self.bucket:
-            raise ConfigError(f"submit.bucket {self.bucket!r}: expected a bucket name without '/'")
-        if self.max_attempts < 1:
-            raise ConfigError("submit.max_attempts must be >= 1")
+        _require(self.chunksize_mb >= 5, "submit.chunksize_mb must be >= 5 (the S3 minimum part size)")
+        _require(bool(self.bucket) and "/" not in self.bucket,
+                 f"submit.bucket {self.bucket!r}: expected a bucket name without '/'")
+        _require(self.max_attempts >= 1, "submit.max_attempts must be >= 1")
 
 
 @dataclass
@@ -317,22 +302,21 @@ class ModelConfig:
         for name in ("latent_channels", "squeeze", "seasonal_channels", "seasonal_basis",
                      "hidden_channels", "encoder_rank", "decoder_rank", "denoiser_rank",
                      "time_embed_channels", "diffusion_steps"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"model.{name} = {getattr(self, name)}; expected >= 1")
-        if self.embed_channels < 0 or self.mlp_ratio <= 0:
-            raise ConfigError("model.embed_channels must be >= 0 and model.mlp_ratio > 0")
+            _require(getattr(self, name) >= 1, f"model.{name} = {getattr(self, name)}; expected >= 1")
+        _require(self.embed_channels >= 0 and self.mlp_ratio > 0,
+                 "model.embed_channels must be >= 0 and model.mlp_ratio > 0")
         for name in ("decoder_hidden_channels", "denoiser_hidden_channels", "latent_lmax"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"model.{name} = {getattr(self, name)}; expected >= 1 or null")
-        if self.linear_forcing_channels < 1 or self.linear_forcing_rank < 1 or self.film_embed_channels < 0 \
-                or self.latent_eofs < 0:
-            raise ConfigError("model.linear_forcing_channels and linear_forcing_rank must be >= 1, "
-                              "model.film_embed_channels and latent_eofs >= 0")
-        if self.global_sst == "linear" and not self.linear_forcing:
-            raise ConfigError("model.global_sst: linear needs model.linear_forcing: true (G reaches the "
-                              "state only through the linear forcing path)")
-        if self.decoder_mlp_ratio is not None and self.decoder_mlp_ratio <= 0:
-            raise ConfigError(f"model.decoder_mlp_ratio = {self.decoder_mlp_ratio}; expected > 0 or null")
+            _require(getattr(self, name) is None or getattr(self, name) >= 1,
+                     f"model.{name} = {getattr(self, name)}; expected >= 1 or null")
+        _require(self.linear_forcing_channels >= 1 and self.linear_forcing_rank >= 1
+                 and self.film_embed_channels >= 0 and self.latent_eofs >= 0,
+                 "model.linear_forcing_channels and linear_forcing_rank must be >= 1, "
+                 "model.film_embed_channels and latent_eofs >= 0")
+        _require(self.global_sst != "linear" or self.linear_forcing,
+                 "model.global_sst: linear needs model.linear_forcing: true (G reaches the "
+                 "state only through the linear forcing path)")
+        _require(self.decoder_mlp_ratio is None or self.decoder_mlp_ratio > 0,
+                 f"model.decoder_mlp_ratio = {self.decoder_mlp_ratio}; expected > 0 or null")
 
 
 # What a model config written before a key existed meant: MD v0.9's choices. Checkpoints

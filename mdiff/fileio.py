@@ -1,4 +1,5 @@
-"""Atomic writes: an interrupted job never leaves a half file that looks complete.
+"""Atomic writes (an interrupted job never leaves a half file that looks complete) and
+file checksums.
 
 ``atomic_path`` writes beside the target under a hidden temporary name
 (``.{name}.XXXXXXXX.part``) and renames it onto the target only on success. A process
@@ -9,6 +10,7 @@ its own with ``remove_stale_temporaries`` (nothing else writes those names).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -65,3 +67,12 @@ def write_netcdf(ds, path: str | os.PathLike, **kwargs) -> None:
     """Write an xarray Dataset atomically (NetCDF4, float32 data as given)."""
     with atomic_path(path) as tmp:
         ds.to_netcdf(tmp, format="NETCDF4", **kwargs)
+
+
+def sha256_file(path: str | os.PathLike, block: int = 2**22) -> str:
+    """The sha256 of a file's bytes (hex), read in blocks of ``block`` bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()

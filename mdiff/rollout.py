@@ -37,7 +37,6 @@ import contextlib
 import hashlib
 import logging
 import queue
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -49,34 +48,18 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from mdiff import checkpoint
 from mdiff import variables as V
-from mdiff.config import SST_OFFSET_K
 from mdiff.data import checks
 from mdiff.data import prepared as P
 from mdiff.data.normalize import Normalizer
+from mdiff.fileio import sha256_file
 from mdiff.grid import LatLonGrid
+from mdiff.protocol import SST_OFFSET_K
 
 log = logging.getLogger(__name__)
 
 RESUME_FORMAT = 2  # 2: resume states carry the sha256 of every month written
-
-# Physical plausibility of decoded states: each channel's plausible_range from the variable
-# table (one source of truth, also checked on inputs). Outside means a broken run, not climate.
-STATE_RANGES = np.array([c.plausible_range for c in V.STATE], dtype=np.float64)  # (37, 2)
-
-
-def _ranges_by_units() -> dict[str, tuple[float, float]]:
-    out: dict[str, tuple[float, float]] = {}
-    for c in V.STATE:
-        lo, hi = c.plausible_range
-        a, b = out.get(c.units, (lo, hi))
-        out[c.units] = (min(a, lo), max(b, hi))
-    return out
-
-
-# The envelope of the state channels' ranges per units (derived from the table).
-PHYSICAL_RANGE_BY_UNITS: dict[str, tuple[float, float]] = _ranges_by_units()
-
 
 class RolloutGuardError(ValueError):
     """A decoded month is not finite or not physical: the message names month, variable, member."""
@@ -176,14 +159,6 @@ def initial_state(state_path: str | Path, grid: LatLonGrid, month: np.datetime64
     return x
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 # ------------------------------------------------------------------------ stepping
 
 
@@ -264,7 +239,10 @@ class EnsembleStepper:
 def check_month(values: np.ndarray, month: np.datetime64, members: Sequence[int]) -> None:
     """Raise ``RolloutGuardError`` if physical ``values`` (B, 37, H, W) hold a NaN/Inf or a
     value outside its channel's plausible range; names the first bad member and variable."""
-    lo, hi = STATE_RANGES[None, :, 0], STATE_RANGES[None, :, 1]
+    # each channel's plausible_range from the variable table (also checked on inputs): outside
+    # means a broken run, not climate
+    ranges = np.array([c.plausible_range for c in V.STATE], dtype=np.float64)
+    lo, hi = ranges[None, :, 0], ranges[None, :, 1]
     vmin, vmax = values.min(axis=(-2, -1)), values.max(axis=(-2, -1))  # NaN propagates
     ok = (vmin >= lo) & (vmax <= hi)
     if ok.all():
@@ -674,63 +652,23 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_model(checkpoint: str | Path, device: torch.device):
-    """The inference model (EMA weights) and the statistics it was trained with (or None)."""
-    from mdiff.train import load_checkpoint
-
-    model, meta = load_checkpoint(checkpoint, device)
-    return model.eval(), meta.get("normalization")
-
-
-def add_arguments(parser) -> None:
-    from mdiff.cli import add_settings_arguments
-
-    add_settings_arguments(parser)
-    parser.add_argument("--checkpoint", required=True, help="model/checkpoint.pt")
-    parser.add_argument("--forcing", required=True, help="prepared/forcing.nc (monthly means)")
-    parser.add_argument("--initial-state", required=True, help="prepared state file holding periods.run_start")
-    parser.add_argument("--normalization", required=True, help="stats/normalization.nc")
-    parser.add_argument("--statics", help="prepared/statics.nc: its land fraction checks that the forcing's "
-                                          "SST is defined over all open ocean")
-    parser.add_argument("--experiment", required=True, choices=list(SST_OFFSET_K))
-    parser.add_argument("--members", required=True, help="FIRST-LAST, 1-based inclusive (e.g. 1-5)")
-    parser.add_argument("--output", required=True, help="rollout/{experiment}/members_{a:03d}-{b:03d}.nc")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch intra-op threads (0: torch's default; the rule passes its threads)")
-
-
-def main(args) -> None:
-    from mdiff.cli import load_settings
-
-    cfg = load_settings(args)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    members = parse_members(args.members)
-    if members[-1] > cfg.rollout.members:
-        raise RolloutInputError(f"--members {args.members}: rollout.members is {cfg.rollout.members}")
-    # Slurm ends jobs with SIGTERM: leave cleanly so the partial file stays readable for a resume.
-    signal.signal(signal.SIGTERM, _terminate)
-    out = rollout_file(cfg, args.checkpoint, args.forcing, args.initial_state, args.normalization,
-                       args.experiment, members, args.output, progress=not args.no_progress, statics=args.statics)
-    log.info("wrote %s", out)
-
-
-def rollout_file(cfg, checkpoint: str | Path, forcing_path: str | Path, initial_state_path: str | Path,
-                 normalization: str | Path, experiment: str, members: list[int], output: str | Path,
+def rollout_file(cfg, checkpoint_path: str | Path, forcing_path: str | Path, initial_state_path: str | Path,
+                 experiment: str, members: list[int], output: str | Path,
                  progress: bool = True, statics: str | Path | None = None) -> Path:
-    """One rollout file of ``experiment`` and ``members`` (what `mdiff rollout` does); ``statics``:
-    its land fraction checks that the forcing's SST is defined over all open ocean."""
+    """One rollout file of ``experiment`` and ``members`` (what `mdiff rollout` does) with the
+    model and statistics of the checkpoint; ``statics``: its land fraction checks that the
+    forcing's SST is defined over all open ocean."""
     grid = LatLonGrid(cfg.grid.nlat, cfg.grid.nlon)
     months = P.month_range(cfg.periods.run_start, cfg.periods.run_end)
     device = resolve_device(cfg.rollout.device)
-    model, trained_stats = load_model(checkpoint, device)
-    normalizer = checks.read_statistics(normalization, model.config.normalization)
-    if trained_stats is not None and Normalizer.from_dict(trained_stats, model.config.normalization) != normalizer:
-        raise RolloutInputError(f"{normalization}: statistics differ from those {checkpoint} "
-                                "was trained with; retrain or use the matching statistics")
+    trained = checkpoint.load(checkpoint_path, device)
+    model, normalizer = trained.model, trained.normalizer
+    if tuple(c.name for c in trained.channels) != V.STATE_NAMES:
+        raise RolloutInputError(f"{checkpoint_path}: trained on the state channels {[c.name for c in trained.channels]}; "
+                                f"this mdiff's variable table has {list(V.STATE_NAMES)}: a rollout writes the "
+                                "table's channels (retrain, or roll out with the mdiff that trained it)")
     if (model.grid.nlat, model.grid.nlon) != (grid.nlat, grid.nlon):
-        raise RolloutInputError(f"{checkpoint}: model grid {model.grid.nlat}x{model.grid.nlon}; "
+        raise RolloutInputError(f"{checkpoint_path}: model grid {model.grid.nlat}x{model.grid.nlon}; "
                                 f"the config's grid is {grid.nlat}x{grid.nlon}")
     moy = P.month_of_year(months)
     lsm = checks.land_fraction(statics, grid) if statics else None
@@ -741,15 +679,11 @@ def rollout_file(cfg, checkpoint: str | Path, forcing_path: str | Path, initial_
     initial_forcing = normalizer.forcing(*experiment_forcing(forcing_path, grid, months[:1], "aimip"),
                                          months=moy[:1])[0]
     state0 = normalizer.normalize(initial_state(initial_state_path, grid, months[0]), V.STATE_NAMES, moy[0])
-    job = RolloutJob(experiment, members, cfg.rollout.seed, months, grid, file_sha256(checkpoint),
+    job = RolloutJob(experiment, members, cfg.rollout.seed, months, grid, sha256_file(checkpoint_path),
                      cfg.rollout.resume_every)
     kernels = inference_kernels(model, device, compile=cfg.rollout.compile, bf16=cfg.rollout.bf16)
     return run_rollout(job, kernels, normalizer, forcing, state0, output, device, cfg.rollout.bf16,
                        progress=progress, initial_forcing=initial_forcing)
-
-
-def _terminate(signum, frame):
-    raise SystemExit(f"terminated by signal {signum}; rerun to resume from the last resume state")
 
 
 def inference_kernels(model, device: torch.device, compile: bool = False, bf16: bool = False) -> FastKernels:

@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from mdiff import config as C
+from mdiff import protocol
 from mdiff.evaluate.targets import headline
 
 log = logging.getLogger(__name__)
@@ -64,13 +65,14 @@ def run(setting: str, seed: int, workdir: Path, sets: list[str], world_seed: int
     """The whole benchmark; returns {"headline": rows, "scores": {name: value}, "timings": ...}."""
     import torch
 
+    from mdiff.checkpoint import code_version
     from mdiff.data import prepared as P
     from mdiff.data.statistics import compute_statistics, write_statistics
     from mdiff.data.synthetic import write_world
     from mdiff.evaluate.report import Inputs, evaluate
     from mdiff.grid import LatLonGrid
     from mdiff.rollout import rollout_file
-    from mdiff.train import TrainOptions, code_version, train
+    from mdiff.train import TrainOptions, train
 
     timings: dict[str, float] = {}
     cfg = C.load_config("config/config.yaml")
@@ -127,10 +129,10 @@ def run(setting: str, seed: int, workdir: Path, sets: list[str], world_seed: int
     rollouts = []
     first = P.month_range(cfg.periods.run_start, cfg.periods.run_start)[0]
     initial = prepared / "state" / f"{str(first)[:4]}.nc"
-    for experiment in C.EXPERIMENTS:
+    for experiment in protocol.EXPERIMENTS:
         out = run_dir / "rollout" / experiment / f"members_001-{members:03d}.nc"
         if not out.exists():
-            rollout_file(cfg, checkpoint, prepared / "forcing.nc", initial, stats, experiment,
+            rollout_file(cfg, checkpoint, prepared / "forcing.nc", initial, experiment,
                          list(range(1, members + 1)), out, progress=False)
         rollouts.append(out)
     timings["rollouts"] = time.perf_counter() - t0

@@ -32,7 +32,6 @@ import os
 import platform
 import shutil
 import signal
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,9 +40,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import mdiff
+from mdiff import checkpoint
 from mdiff import config as C
-from mdiff import variables as V
 from mdiff.data import checks
 from mdiff.data.dataset import MonthPairDataset, load_statics
 from mdiff.data.normalize import Normalizer
@@ -59,7 +57,6 @@ from mdiff.nn.model import (
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: Slurm and Snakemake see a failed (requeueable) job
 LOSS_TERMS = ("reconstruction", "forcing_regression", "diffusion", "kl", "latent_stats")
 SELECTION_RULES = {
@@ -291,18 +288,6 @@ def selection_score(metrics: dict[str, float], weights: C.LossWeights) -> float:
 # ------------------------------------------------------------------------------ checkpoints
 
 
-def code_version() -> dict:
-    out = {"mdiff": mdiff.__version__, "git": None, "torch": str(torch.__version__)}
-    try:
-        described = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"],
-                                   cwd=Path(mdiff.__file__).parent, capture_output=True, text=True, timeout=10)
-        if described.returncode == 0:
-            out["git"] = described.stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        pass
-    return out
-
-
 def run_signature(opts: TrainOptions, normalizer: Normalizer) -> str:
     """What must match for ``--resume`` to continue a run: configs, grid, periods, statistics."""
     # epochs and device may change between runs: extending a finished run is allowed
@@ -319,113 +304,10 @@ def run_signature(opts: TrainOptions, normalizer: Normalizer) -> str:
     return digest.hexdigest()
 
 
-def normalization_payload(normalizer: Normalizer) -> dict:
-    """The statistics as the checkpoint stores them (arrays as tensors: weights_only loading)."""
-    stats = normalizer.to_dict()
-    if "climatology" in stats:
-        stats["climatology"] = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in stats["climatology"].items()}
-    return stats
-
-
 def checkpoint_payload(opts: TrainOptions, normalizer: Normalizer, model: MonthlyDiffusion,
                        ema: MonthlyDiffusion) -> dict:
-    """The self-describing part: enough to run a rollout from the checkpoint alone."""
-    return {
-        "format_version": FORMAT_VERSION,
-        "code_version": code_version(),
-        "model_config": C.to_dict(opts.model_file.model),
-        "train_config": C.to_dict(opts.model_file.train),
-        "grid": {"nlat": opts.grid.nlat, "nlon": opts.grid.nlon},
-        "periods": C.to_dict(opts.periods),
-        "normalization": normalization_payload(normalizer),
-        "variables": V.as_table(),
-        "state_channels": list(V.STATE_NAMES),
-        "parameter_count": parameter_count(model),
-        "model_state": model.state_dict(),
-        "ema_state": ema.state_dict(),
-    }
-
-
-class CheckpointError(ValueError):
-    """A checkpoint (or last.pt) is missing, unreadable or not mdiff's: one line, no traceback."""
-
-    user_facing = True
-
-
-def _reason(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
-
-
-def read_checkpoint(path: str | Path, what: str = "mdiff checkpoint") -> dict:
-    """The payload of a checkpoint file, or a one-line ``CheckpointError`` naming the file."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: {what} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 -- torch/zipfile/pickle raise many kinds
-        raise CheckpointError(f"{path}: cannot be read as an {what} ({_reason(err)}); truncated or "
-                              f"corrupt? expected a file written by `mdiff train`") from None
-    if not isinstance(payload, dict):
-        raise CheckpointError(f"{path}: holds a {type(payload).__name__}; expected an {what} (a dict)")
-    return payload
-
-
-def save(path: Path, payload: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def _known_fields(cls, data: dict, what: str) -> dict:
-    """Drop fields an old (or newer) checkpoint has that this code does not know."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        log.warning("checkpoint %s has fields this version does not know, ignored: %s", what, unknown)
-    return {k: v for k, v in data.items() if k in known}
-
-
-def model_config_from(data: dict) -> C.ModelConfig:
-    """The model config a checkpoint stores; keys it predates take MD v0.9's values."""
-    return C.ModelConfig(**{**C.MD_V09_MODEL, **_known_fields(C.ModelConfig, data, "model_config")})
-
-
-# Buffers added after checkpoint format 1 was first written; older weights lack them and get
-# the values a fresh model has (neutral for the MD v0.9 options such checkpoints use).
-ADDED_BUFFERS = ("latent_center", "latent_eofs", "latent_eof_scale", "latent_residual_scale")
-
-
-def migrate_state(state: dict, model: MonthlyDiffusion) -> dict:
-    """A checkpoint's weights completed with the buffers its version predates."""
-    fresh = model.state_dict()
-    return {**{k: fresh[k] for k in ADDED_BUFFERS if k not in state}, **state}
-
-
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[MonthlyDiffusion, dict]:
-    """A ready model with the EMA weights (eval mode) and the checkpoint's metadata.
-
-    Metadata: everything but the weights (``model_config``, ``grid``, ``normalization`` --
-    ``Normalizer.from_dict`` reads it --, ``variables``, ``format_version``, ``code_version``,
-    ``epoch`` ...). Unknown config fields of other versions are ignored with a warning.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: checkpoint does not exist")
-    payload = read_checkpoint(path)
-    version = payload.get("format_version")
-    if version is None or version > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format_version {version!r}; this mdiff reads 1..{FORMAT_VERSION}")
-    try:
-        grid = LatLonGrid(payload["grid"]["nlat"], payload["grid"]["nlon"])
-        model = build_model(model_config_from(payload["model_config"]), grid)
-        model.load_state_dict(migrate_state(payload["ema_state"], model))
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"{path}: not a usable mdiff checkpoint ({_reason(err)}); expected the "
-                              f"grid, model_config and ema_state written by `mdiff train`") from None
-    model.to(device).eval()
-    meta = {k: v for k, v in payload.items() if k not in ("model_state", "ema_state", "optimizer_state", "rng")}
-    return model, meta
+    """The checkpoint's contents for this run (mdiff.checkpoint.payload)."""
+    return checkpoint.payload(opts.model_file, opts.grid, opts.periods, normalizer, model, ema)
 
 
 # ------------------------------------------------------------------------------ reports
@@ -557,17 +439,17 @@ def _save_last(opts, normalizer, model, ema, optimizer, progress, signature, dis
     payload = checkpoint_payload(opts, normalizer, model, ema)
     payload.update(optimizer_state=optimizer.state_dict(), progress=dataclasses.asdict(progress),
                    signature=signature, rng={"torch": torch.get_rng_state()})
-    save(opts.last, payload)
+    checkpoint.save(opts.last, payload)
 
 
 def _try_resume(opts, signature, model, ema, optimizer) -> Progress | None:
     if not opts.last.exists():
         return None
     try:
-        payload = read_checkpoint(opts.last, "mdiff resume checkpoint")
-    except CheckpointError as err:
+        payload = checkpoint.read(opts.last, "mdiff resume checkpoint")
+    except checkpoint.CheckpointError as err:
         if not opts.fresh_if_corrupt:
-            raise CheckpointError(f"{err}; --resume refuses to start afresh over it: delete it, or pass "
+            raise checkpoint.CheckpointError(f"{err}; --resume refuses to start afresh over it: delete it, or pass "
                                   "--fresh-if-corrupt to move it aside and start afresh") from None
         aside = opts.last.with_name(opts.last.name + ".corrupt")
         os.replace(opts.last, aside)
@@ -583,7 +465,8 @@ def _try_resume(opts, signature, model, ema, optimizer) -> Progress | None:
         torch.set_rng_state(payload["rng"]["torch"])
         progress = Progress(**payload["progress"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"{opts.last}: not a usable mdiff resume checkpoint ({_reason(err)}) although its "
+        raise checkpoint.CheckpointError(f"{opts.last}: not a usable mdiff resume checkpoint ({checkpoint.reason(err)}) "
+                                         "although its "
                               "signature matches; delete it to start afresh") from None
     log.info("resuming from %s: epoch %d, batch %d", opts.last, progress.epoch + 1, progress.batch)
     return progress
@@ -664,7 +547,7 @@ def train(opts: TrainOptions, stop: _StopFlag | None = None) -> int:
                 best = checkpoint_payload(opts, normalizer, model, ema)
                 best.update(epoch=epoch + 1, selection={"rule": SELECTION_RULES[tc.selection], "score": score,
                                                         "validate": val})
-                save(opts.best, best)
+                checkpoint.save(opts.best, best)
         log.info("epoch %d/%d: train recon %.4g v %.4g | val recon %.4g v %.4g%s | %.1f s", epoch + 1, tc.epochs,
                  train_means["reconstruction"], train_means["diffusion"], val["reconstruction"], val["diffusion"],
                  f" sampling {val['sampling']:.4g} (persistence {val['persistence']:.4g})" if sample else "",
@@ -684,7 +567,7 @@ def train(opts: TrainOptions, stop: _StopFlag | None = None) -> int:
 def _finish(opts: TrainOptions, progress: Progress, hw: str) -> None:
     """Declared outputs: log, loss curve, model card, then the selected checkpoint (last, so
     that a checkpoint under its final name means every output is there)."""
-    payload = read_checkpoint(opts.best, "mdiff checkpoint (best.pt)")
+    payload = checkpoint.read(opts.best, "mdiff checkpoint (best.pt)")
     if opts.log_file:
         write_log(opts.log_file, progress.history)
     if opts.curve:
@@ -702,43 +585,11 @@ def _finish(opts: TrainOptions, progress: Progress, hw: str) -> None:
 # ------------------------------------------------------------------------------ command
 
 
-def add_arguments(parser) -> None:
-    from mdiff.cli import add_settings_arguments
-
-    add_settings_arguments(parser)
-    parser.add_argument("--model", required=True, help="model config YAML (config/model/*.yaml)")
-    parser.add_argument("--state", nargs="+", required=True, help="prepared state files (prepared/state/*.nc)")
-    parser.add_argument("--statics", required=True, help="prepared/statics.nc")
-    parser.add_argument("--stats", required=True, help="normalisation statistics JSON")
-    parser.add_argument("--output", required=True, help="the selected checkpoint (model/checkpoint.pt)")
-    parser.add_argument("--model-card", help="Markdown model card to write")
-    parser.add_argument("--log-file", help="JSON-lines training log to write")
-    parser.add_argument("--curve", help="loss-curve PNG to write")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from last.pt beside --output if it was made with the same configs")
-    parser.add_argument("--fresh-if-corrupt", action="store_true",
-                        help="with --resume: if last.pt cannot be read, move it aside (last.pt.corrupt) and "
-                             "start afresh instead of stopping with an error")
-    parser.add_argument("--epochs", type=int, help="override train.epochs")
-    parser.add_argument("--device", help="override train.device (auto|cpu|cuda)")
-
-
-def main(args) -> int:
-    from mdiff.cli import load_settings
-
-    cfg = load_settings(args)
-    model_file = C.load_model_file(args.model)
-    if args.epochs is not None:
-        model_file.train.epochs = args.epochs
-    if args.device:
-        model_file.train.device = args.device
-    opts = TrainOptions(
-        state_files=list(args.state), statics=args.statics, stats=args.stats, output=args.output,
-        model_file=model_file, grid=cfg.grid, periods=cfg.periods, model_card=args.model_card,
-        log_file=args.log_file, curve=args.curve, resume=args.resume, fresh_if_corrupt=args.fresh_if_corrupt,
-        source=cfg.source, model_path=args.model,
-    )
-    checks.read_statistics(args.stats, model_file.model.normalization)  # missing, truncated: one clear line
+def run(opts: TrainOptions) -> int:
+    """What `mdiff train` does: the statistics checked first (a missing or truncated file is one
+    clear line), SIGTERM saves ``last.pt`` and stops (Slurm pre-emption), and a DDP process
+    group is closed at the end."""
+    checks.read_statistics(opts.stats, opts.model_file.model.normalization)
     stop = _StopFlag()
     stop.install()
     try:

@@ -60,6 +60,21 @@ def tiny_world(tmp_path_factory) -> TinyWorld:
     return TinyWorld(root, grid, root / "prepared", root / "truth", root / "stats" / "normalization.nc")
 
 
+@pytest.fixture(scope="module")
+def endpoint():
+    """A local S3 server (moto) for the upload tests: its endpoint URL."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
 def pytest_terminal_summary(terminalreporter):
     """The fault tests' summary line (tests/fault_tools.py), also as JSON in $MDIFF_FAULT_SUMMARY."""
     import json

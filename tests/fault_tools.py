@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +58,34 @@ class KillRecord:
 
     def as_dict(self) -> dict:
         return {k: (dict(v) if isinstance(v, Counter) else v) for k, v in self.__dict__.items()}
+
+    def killed(self, trial: int, phase: str, damage: str | None) -> None:
+        """A kill landed in ``phase``; ``damage``: what is wrong under a final name (None: nothing)."""
+        self.kills += 1
+        self.phases[phase] += 1
+        if damage:
+            self.incomplete_final += 1
+            self.problems.append(f"trial {trial}: after the kill: {damage}")
+
+    def reran(self, trial: int, rc: int, log: Path, difference: Callable[[], str | None], folder: Path) -> bool:
+        """The completing rerun ended with ``rc``; ``difference()``: how its result differs from
+        the uninterrupted run's (None: identical). Returns whether it was exact and clean."""
+        self.reruns += 1
+        if rc != 0:
+            self.failed_reruns += 1
+            self.problems.append(f"trial {trial}: rerun exited {rc}: {log.read_text()[-1500:]}")
+            return False
+        differs = difference()
+        if differs is None:
+            self.exact += 1
+        else:
+            self.silent_corruptions += 1
+            self.problems.append(f"trial {trial}: rerun ended 0 but {differs}")
+        leftovers = stale_files(folder)
+        if leftovers:
+            self.leftovers += 1
+            self.problems.append(f"trial {trial}: left {leftovers}")
+        return differs is None and not leftovers
 
 
 @dataclass

@@ -21,10 +21,12 @@ from test_aimip_fixtures import (
 )
 
 from mdiff import config as C
+from mdiff import protocol
 from mdiff.aimip import drs
 from mdiff.aimip.tables import AIMIP_LEVELS_PA, LEVEL_AXIS, nominal_resolution, read_base
-from mdiff.aimip.varmap import G0, load_variable_map, specific_humidity_from_dewpoint
+from mdiff.aimip.varmap import load_variable_map, specific_humidity_from_dewpoint
 from mdiff.grid import LatLonGrid
+from mdiff.protocol import G0
 
 _CMOR_MISSING = ".venv-cmor missing: run `make setup` (scripts/setup.sh)"
 # Under CI a missing CMOR environment is a failure (the tree fixture fails), never a skip.
@@ -36,7 +38,7 @@ def needs_cmor(test):
     """Runs `.venv-cmor/bin/mdiff` (marker `cmor`)."""
     return pytest.mark.cmor(_skip_without_cmor(test))
 
-AIMIP_VARIABLES = ["ta", "hus", "ua", "va", "zg", "ps", "psl", "ts", "tas", "huss", "uas", "vas", "pr"]
+AIMIP_VARIABLES = ["ta", "hus", "ua", "va", "zg", "ps", "ts", "tas", "huss", "uas", "vas", "pr", "psl"]  # table order
 
 
 # ------------------------------------------------------------------ pure functions
@@ -44,7 +46,7 @@ AIMIP_VARIABLES = ["ta", "hus", "ua", "va", "zg", "ps", "psl", "ts", "tas", "hus
 
 def test_variable_map_covers_the_13_variables_with_table_units():
     varmap = load_variable_map()
-    assert sorted(varmap) == sorted(AIMIP_VARIABLES)
+    assert list(varmap) == AIMIP_VARIABLES
     table = read_base("CMIP6_Amon.json")["variable_entry"]
     for name, spec in varmap.items():
         assert table[name]["units"] == spec.units, name
@@ -189,11 +191,17 @@ def test_validation_passes_with_all_checkers(tree):
     assert "PASSED" in (out / "report.md").read_text()
 
 
+def tree_copy(tree, name: str) -> tuple[C.Config, Path, Path]:
+    """(config, work folder, a copy of the tree fixture's AI-MIP root in work/name) to break."""
+    cfg, tmp, _, root = tree
+    copy = tmp / name / "aimip"
+    shutil.copytree(root, copy)
+    return cfg, tmp, copy
+
+
 @needs_cmor
 def test_broken_files_are_caught_naming_file_and_check(tree):
-    cfg, tmp, _, root = tree
-    broken = tmp / "broken/aimip"
-    shutil.copytree(root, broken)
+    cfg, tmp, broken = tree_copy(tree, "broken")
     files = {f.variable: broken / f.relpath
              for f in drs.member_files(cfg.aimip, cfg.periods, AIMIP_VARIABLES, "aimip", 1)}
     with netCDF4.Dataset(files["tas"], "a") as nc:  # wrong units
@@ -230,9 +238,7 @@ def test_broken_files_are_caught_naming_file_and_check(tree):
 
 @needs_cmor
 def test_missing_and_extra_files_are_caught(tree):
-    cfg, tmp, _, root = tree
-    other = tmp / "incomplete/aimip"
-    shutil.copytree(root, other)
+    cfg, tmp, other = tree_copy(tree, "incomplete")
     victim = other / drs.submission_file(cfg.aimip, cfg.periods, "vas", "aimip", 2).relpath
     victim.unlink()
     (other / "notes.txt").write_text("stray")
@@ -274,10 +280,11 @@ def test_full_run_period_on_a_tiny_grid(tmp_path):
 
 
 def test_member_batches_and_tree_root():
-    assert drs.member_batch(1, 5, 2) == (1, 2) and drs.member_batch(4, 5, 2) == (3, 4)
-    assert drs.member_batch(5, 5, 2) == (5, 5) and drs.member_batch(3, 5, 5) == (1, 5)
+    assert protocol.member_batches(5, 2) == [(1, 2), (3, 4), (5, 5)]
+    assert protocol.member_batch(1, 5, 2) == (1, 2) and protocol.member_batch(4, 5, 2) == (3, 4)
+    assert protocol.member_batch(5, 5, 2) == (5, 5) and protocol.member_batch(3, 5, 5) == (1, 5)
     with pytest.raises(ValueError, match="outside"):
-        drs.member_batch(6, 5, 2)
+        protocol.member_batch(6, 5, 2)
     for layout in ("aimip", "cmip6"):
         aimip = C.AimipConfig(layout=layout)
         f = drs.submission_file(aimip, C.PeriodsConfig(), "pr", "aimip", 1)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from mdiff import config as C
+from mdiff import protocol
 from mdiff import variables as V
 from mdiff.data import prepared as P
 from mdiff.grid import LatLonGrid
@@ -58,7 +59,7 @@ def write_rollout(cfg: C.Config, experiment: str, first: int, last: int, path: P
     for i, ch in enumerate(V.STATE):  # positive quantities stay positive
         if ch.variable in ("hus", "pr"):
             data[:, :, i] = np.abs(data[:, :, i])
-    ds = P.skeleton(grid, months, attrs={"experiment_id": experiment, "sst_offset_K": C.SST_OFFSET_K[experiment],
+    ds = P.skeleton(grid, months, attrs={"experiment_id": experiment, "sst_offset_K": protocol.SST_OFFSET_K[experiment],
                                          "checkpoint_sha256": "0" * 64, "mdiff_version": "0.1.0"})
     ds = ds.assign_coords(member=("member", members))
     ds = P.channels_to_dataset(data, V.STATE, ds, leading=("member", "time"))
@@ -96,3 +97,30 @@ def copy_netcdf(src: Path, dst: Path, dtype: dict | None = None, drop_time: int 
             if drop_time is not None and var.dimensions and var.dimensions[0] == "time":
                 data = np.delete(data, drop_time, axis=0)
             out[:] = data
+
+
+CHUNK_MB = 5  # the S3 minimum part size: files >= 10 MiB go multipart
+
+
+def make_tree(tmp: Path, sizes=(100, 2048, 70_000, 11 * 2**20 + 123)) -> Path:
+    """A small tree to upload (random bytes; the last default size is multipart-sized) and a
+    passed validation report for it (tmp/report.json)."""
+    import json
+
+    root = tmp / "aimip"
+    rng = np.random.default_rng(0)
+    for i, size in enumerate(sizes):
+        p = root / "mdiff" / "mdiff-MD15" / "aimip" / f"r{i + 1}i1p1f1" / "Amon" / "tas" / f"f{i}.nc"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(rng.bytes(size))
+    (tmp / "report.json").write_text(json.dumps({"passed": True, "root": str(root), "errors": []}))
+    return root
+
+
+def upload_config(tmp: Path, endpoint: str, bucket: str, **submit) -> C.Config:
+    """The config of an upload to ``bucket`` at ``endpoint`` (``submit``: further submit keys)."""
+    cfg = make_config(tmp)
+    cfg.submit.endpoint_url, cfg.submit.bucket, cfg.submit.chunksize_mb = endpoint, bucket, CHUNK_MB
+    for k, v in submit.items():
+        setattr(cfg.submit, k, v)
+    return cfg

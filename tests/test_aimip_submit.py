@@ -4,30 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_aimip_fixtures import make_config, run_mdiff, settings_json
+from test_aimip_fixtures import make_config, make_tree, run_mdiff, settings_json
+from test_aimip_fixtures import upload_config as config
 
 from mdiff.aimip import submit as S
 
 KEY_ID = "AKIAMDIFFTESTKEY0001"
 SECRET = "mdiff-test-secret-9f3c2e71d4b84a0e"  # must never appear in any output
-CHUNK_MB = 5  # the S3 minimum part size: files >= 10 MiB go multipart
-
-
-@pytest.fixture(scope="module")
-def endpoint():
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 @pytest.fixture
@@ -48,28 +35,6 @@ def bucket(endpoint, aws_env, request):
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint}, skip_instance_cache=True)
     fs.mkdir(name)
     return name
-
-
-def make_tree(tmp: Path) -> Path:
-    """A small tree: a few small files and one multipart-sized file."""
-    root = tmp / "aimip"
-    rng = np.random.default_rng(0)
-    for i, size in enumerate([100, 2048, 70_000, 11 * 2**20 + 123]):
-        p = root / "mdiff" / "mdiff-MD15" / "aimip" / f"r{i + 1}i1p1f1" / "Amon" / "tas" / f"f{i}.nc"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(rng.bytes(size))
-    (tmp / "report.json").write_text(json.dumps({"passed": True, "root": str(root), "errors": []}))
-    return root
-
-
-def config(tmp: Path, endpoint: str, bucket: str, **submit):
-    cfg = make_config(tmp)
-    cfg.submit.endpoint_url = endpoint
-    cfg.submit.bucket = bucket
-    cfg.submit.chunksize_mb = CHUNK_MB
-    for k, v in submit.items():
-        setattr(cfg.submit, k, v)
-    return cfg
 
 
 def remote_objects(cfg, bucket):

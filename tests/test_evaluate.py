@@ -22,6 +22,7 @@ import xarray as xr
 from conftest import skip_unless_ci
 
 from mdiff import config as C
+from mdiff import protocol
 from mdiff import variables as V
 from mdiff.cli import main as cli_main
 from mdiff.data.prepared import PreparedDataError, channels_to_dataset, month_range, skeleton, write
@@ -237,7 +238,7 @@ def write_world(root: Path) -> Inputs:
 
     # The "emulator": same world, other noise, biased, damped NAO; warmed runs share seeds.
     rollouts = []
-    for exp, dk in C.SST_OFFSET_K.items():
+    for exp, dk in protocol.SST_OFFSET_K.items():
         for first in range(1, MEMBERS + 1, BATCH):
             last = min(first + BATCH - 1, MEMBERS)
             members = [_world(months, enso_index, seed=1000 + m, nao_amp=NAO_DAMPING, bias=BIAS, offset=dk)[0]

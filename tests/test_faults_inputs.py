@@ -20,6 +20,7 @@ import xarray as xr
 
 sys.path.insert(0, str(Path(__file__).parent))
 import fault_tools as FT  # noqa: E402
+from small_model import save_checkpoint, small_model  # noqa: E402
 
 from mdiff import cli  # noqa: E402
 from mdiff import config as C  # noqa: E402
@@ -28,9 +29,6 @@ from mdiff.data import prepared as P  # noqa: E402
 
 pytestmark = pytest.mark.faults
 
-SMALL = C.ModelConfig(latent_channels=4, squeeze=4, seasonal_channels=2, seasonal_basis=3, embed_channels=2,
-                      hidden_channels=12, encoder_rank=8, decoder_rank=12, denoiser_rank=8,
-                      time_embed_channels=3, diffusion_steps=4)
 PERIODS = {"run_start": "1978-10", "run_end": "1981-12", "stats": ["1979-01", "1981-12"],
            "train": ["1980-01", "1980-12"], "validate": ["1979-01", "1979-06"]}
 SETTINGS = json.dumps({"grid": {"nlat": 17, "nlon": 32}, "periods": PERIODS,
@@ -73,22 +71,12 @@ def expect_clear_error(name: str, argv: list, capsys, command: str, fragments: l
 @pytest.fixture(scope="module")
 def good(tiny_world, tmp_path_factory):
     """The tiny world's files 1978..1981, and a small random model saved as a checkpoint."""
-    from mdiff.data.normalize import Normalizer
-    from mdiff.nn.model import MonthlyDiffusion
-    from mdiff.train import TrainOptions, checkpoint_payload, save
-
     root = tmp_path_factory.mktemp("faults_good")
     states = [tiny_world.prepared / "state" / f"{y}.nc" for y in (1978, 1979, 1980, 1981)]
-    torch.manual_seed(0)
-    model = MonthlyDiffusion(SMALL, tiny_world.grid).eval()
-    normalizer = Normalizer.load(tiny_world.stats, SMALL.normalization)
-    statics = P.dataset_to_channels(P.open_checked(tiny_world.statics, tiny_world.grid), V.STATIC)
-    model.set_statics(torch.from_numpy(normalizer.normalize(statics, V.STATIC_NAMES)))
-    opts = TrainOptions([], "", "", str(root / "checkpoint.pt"), C.ModelFile(SMALL, C.TrainConfig()),
-                        C.GridConfig(17, 32))
-    save(root / "checkpoint.pt", checkpoint_payload(opts, normalizer, model, model))
+    model, normalizer = small_model(tiny_world, perturb=False)
     return {"root": root, "states": states, "statics": tiny_world.statics, "forcing": tiny_world.forcing,
-            "stats": tiny_world.stats, "checkpoint": root / "checkpoint.pt", "grid": tiny_world.grid}
+            "stats": tiny_world.stats, "checkpoint": save_checkpoint(root / "checkpoint.pt", model, normalizer),
+            "grid": tiny_world.grid}
 
 
 def edited(src: Path, dst: Path, edit) -> Path:
@@ -116,7 +104,7 @@ def stats_argv(good, states, out: Path) -> list:
 def rollout_argv(good, out: Path, settings: str = SHORT_RUN, **over) -> list:
     """`mdiff rollout` of members 1-2 of aimip; ``over``: {"--forcing": path, ...}."""
     args = {"--checkpoint": good["checkpoint"], "--forcing": good["forcing"], "--initial-state": good["states"][0],
-            "--normalization": good["stats"], **over}
+            **over}
     argv = ["rollout", "--settings", settings]
     for key, value in args.items():
         argv += [key, value]
@@ -180,13 +168,16 @@ def test_snakemake_dry_run_rejects_run_end_before_run_start(tmp_path):
 
 
 def test_every_channel_has_a_plausible_range_and_the_guard_derives_from_it():
-    from mdiff.rollout import PHYSICAL_RANGE_BY_UNITS, STATE_RANGES
+    from mdiff.rollout import RolloutGuardError, check_month
 
     for c in V.ALL:
         lo, hi = c.plausible_range
         assert np.isfinite(lo) and np.isfinite(hi) and lo < hi, c.name
-    assert STATE_RANGES.tolist() == [list(c.plausible_range) for c in V.STATE]
-    assert PHYSICAL_RANGE_BY_UNITS["K"] == V.channel("tas").plausible_range
+    # the rollout's guard checks every decoded month against the same ranges
+    values = np.array([np.mean(c.plausible_range) for c in V.STATE])[None, :, None, None] * np.ones((1, 1, 2, 2))
+    values[0, V.STATE_NAMES.index("hus50"), 0, 0] = 0.2  # above hus's 0.1
+    with pytest.raises(RolloutGuardError, match="channel hus50"):
+        check_month(values, np.datetime64("2000-01"), [1])
     # the usual mix-ups fall outside: degC, hPa, percent, g/kg, a bare 1e20 fill value
     assert not V.channel("tas").plausible_range[0] <= 25.0
     assert not V.channel("ps").plausible_range[0] <= 1013.0
@@ -312,11 +303,6 @@ def test_rollout_refuses_implausible_or_incomplete_inputs(good, tmp_path, capsys
     expect_clear_error("rollout: initial state without run_start",
                        rollout_argv(good, out, **{"--initial-state": good["states"][2]}), capsys, "rollout",
                        [r"1980\.nc: variable 'time' has no month 1978-10 \(the initial state", "holds 1980-01..1980-12"], [out])
-    stats = tmp_path / "normalization.nc"
-    stats.write_bytes(good["stats"].read_bytes()[:500])
-    expect_clear_error("rollout: truncated statistics", rollout_argv(good, out, **{"--normalization": stats}),
-                       capsys, "rollout", [rf"{stats}: cannot be read as the normalisation statistics",
-                                           "truncated or corrupt"], [out])
 
 
 # ------------------------------------------------------- finding 5: corrupt checkpoints
@@ -334,7 +320,7 @@ def test_rollout_with_a_truncated_checkpoint_is_one_line(good, tmp_path, capsys)
     junk = tmp_path / "junk.pt"
     torch.save({"weights": torch.zeros(3)}, junk)
     expect_clear_error("rollout: a checkpoint that is not mdiff's", rollout_argv(good, out, **{"--checkpoint": junk}),
-                       capsys, "rollout", [rf"{junk}: checkpoint format_version None"], [out])
+                       capsys, "rollout", [rf"{junk}: not a usable mdiff checkpoint .*format_version None"], [out])
 
 
 def train_argv(good, out: Path, model_yaml: Path, *extra) -> list:

@@ -8,18 +8,17 @@ from __future__ import annotations
 import json
 import logging
 import time
+from functools import partial
 from pathlib import Path
 
 import fault_tools as FT
 import numpy as np
 import pytest
 import torch
+from small_model import save_checkpoint, small_model
 
-from mdiff import config as C
 from mdiff import variables as V
 from mdiff.data import prepared as P
-from mdiff.data.normalize import Normalizer
-from mdiff.nn.model import MonthlyDiffusion
 from mdiff.rollout import (
     FastKernels,
     MonthWriter,
@@ -33,9 +32,6 @@ from mdiff.rollout import (
 
 pytestmark = pytest.mark.faults
 
-SMALL = C.ModelConfig(latent_channels=4, squeeze=4, seasonal_channels=2, seasonal_basis=3, embed_channels=2,
-                      hidden_channels=12, encoder_rank=8, decoder_rank=12, denoiser_rank=8,
-                      time_embed_channels=3, diffusion_steps=4)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -49,29 +45,17 @@ def one_thread():
 @pytest.fixture(scope="module")
 def setup(tiny_world, tmp_path_factory):
     """A small random model on the tiny world (saved as a checkpoint too) and the run's inputs."""
-    from mdiff.train import TrainOptions, checkpoint_payload, save
-
-    torch.manual_seed(0)
     grid = tiny_world.grid
-    model = MonthlyDiffusion(SMALL, grid).eval()
-    with torch.no_grad():  # zero-initialised parts would hide the arithmetic
-        for p in model.parameters():
-            if not p.any():
-                p.normal_(0.0, 0.05)
-    normalizer = Normalizer.load(tiny_world.stats, SMALL.normalization)
-    statics = P.dataset_to_channels(P.open_checked(tiny_world.statics, grid), V.STATIC)
-    model.set_statics(torch.from_numpy(normalizer.normalize(statics, V.STATIC_NAMES)))
+    model, normalizer = small_model(tiny_world)
     months = P.month_range("1978-10", "1980-06")
     moy = P.month_of_year(months)
     sst, ice = experiment_forcing(tiny_world.forcing, grid, months, "aimip")
     state0 = normalizer.normalize(initial_state(tiny_world.prepared / "state" / "1978.nc", grid, months[0]),
                                   V.STATE_NAMES, moy[0])
     root = tmp_path_factory.mktemp("faults_rollout")
-    opts = TrainOptions([], "", "", str(root / "checkpoint.pt"), C.ModelFile(SMALL, C.TrainConfig()),
-                        C.GridConfig(grid.nlat, grid.nlon))
-    save(root / "checkpoint.pt", checkpoint_payload(opts, normalizer, model, model))
     return dict(grid=grid, model=model, kernels=FastKernels(model), normalizer=normalizer, months=months,
-                forcing=normalizer.forcing(sst, ice, months=moy), state0=state0, checkpoint=root / "checkpoint.pt")
+                forcing=normalizer.forcing(sst, ice, months=moy), state0=state0,
+                checkpoint=save_checkpoint(root / "checkpoint.pt", model, normalizer))
 
 
 def _job(setup, resume_every=4):
@@ -201,9 +185,14 @@ RUN = {"grid": {"nlat": 17, "nlon": 32},
 def rollout_cmd(setup, tiny_world, output: Path) -> list[str]:
     return FT.mdiff_cmd("rollout", "--settings", json.dumps(RUN), "--checkpoint", str(setup["checkpoint"]),
                         "--forcing", str(tiny_world.forcing), "--initial-state",
-                        str(tiny_world.prepared / "state" / "1978.nc"), "--normalization", str(tiny_world.stats),
-                        "--statics", str(tiny_world.statics), "--experiment", "aimip", "--members", "1-3",
+                        str(tiny_world.prepared / "state" / "1978.nc"), "--statics", str(tiny_world.statics), "--experiment", "aimip", "--members", "1-3",
                         "--output", str(output), "--no-progress", "--threads", "1")
+
+
+def difference(output: Path, reference: Path) -> str | None:
+    """How a rerun's file differs from the uninterrupted run's (None: it does not)."""
+    diff = max_difference(output, reference)
+    return None if diff <= 1e-6 else f"differs from the uninterrupted run by {diff}"
 
 
 def phase(output: Path) -> str:
@@ -251,30 +240,12 @@ def test_rollout_killed_at_random_moments_resumes_exactly(setup, tiny_world, tmp
             if record.kills >= target_kills:
                 break
             if FT.run_killed(cmd, delay(), log):
-                record.kills += 1
-                record.phases[phase(output)] += 1
-                if output.exists() and max_difference(output, reference) > 1e-6:
-                    record.incomplete_final += 1
-                    record.problems.append(f"trial {trial}: {output} under its final name differs after a kill")
+                damaged = output.exists() and max_difference(output, reference) > 1e-6
+                record.killed(trial, phase(output), f"{output} under its final name differs" if damaged else None)
             else:
                 record.finished_before_kill += 1
-        rc = FT.run_complete(cmd, log)
-        record.reruns += 1
-        if rc != 0:
-            record.failed_reruns += 1
-            record.problems.append(f"trial {trial}: rerun exited {rc}: {log.read_text()[-1500:]}")
-            continue
-        diff = max_difference(output, reference)
-        if diff <= 1e-6:
-            record.exact += 1
-        else:
-            record.silent_corruptions += 1
-            record.problems.append(f"trial {trial}: rerun ended 0 but differs from the uninterrupted run by {diff}")
-        leftovers = FT.stale_files(folder)
-        if leftovers:
-            record.leftovers += 1
-            record.problems.append(f"trial {trial}: left {leftovers}")
-        if not record.problems:
+        if record.reran(trial, FT.run_complete(cmd, log), log, partial(difference, output, reference), folder) \
+                and not record.problems:
             output.unlink()  # keep the disk small; failed trials stay for inspection
     record.seconds += time.perf_counter() - started
     assert record.kills >= target_kills, f"only {record.kills} kills landed in {trial} trials"

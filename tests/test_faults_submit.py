@@ -8,25 +8,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import socket
 import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import fault_tools as FT
-import numpy as np
 import pytest
-from test_aimip_fixtures import make_config, settings_json
+from test_aimip_fixtures import make_tree, settings_json
+from test_aimip_fixtures import upload_config as config
 
 from mdiff.aimip import submit as S
 
 pytestmark = pytest.mark.faults
 
-CHUNK_MB = 5  # the S3 minimum part size: files >= 10 MiB go multipart
 AUTH_SERVER = """
 import logging, sys, time
 logging.getLogger("werkzeug").setLevel(logging.ERROR)
@@ -64,23 +63,14 @@ def clean_env(tmp: Path, **extra) -> dict:
     return env
 
 
-def make_tree(tmp: Path, sizes=(100, 2048, 70_000, 11 * 2**20 + 123)) -> Path:
-    root = tmp / "aimip"
-    rng = np.random.default_rng(len(sizes))
-    for i, size in enumerate(sizes):
-        p = root / "mdiff" / "mdiff-MD15" / "aimip" / f"r{i + 1}i1p1f1" / "mon" / "tas" / f"f{i}.nc"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(rng.bytes(size))
-    (tmp / "report.json").write_text(json.dumps({"passed": True, "root": str(root), "errors": []}))
-    return root
-
-
-def config(tmp: Path, endpoint: str, bucket: str, **submit):
-    cfg = make_config(tmp)
-    cfg.submit.endpoint_url, cfg.submit.bucket, cfg.submit.chunksize_mb = endpoint, bucket, CHUNK_MB
-    for k, v in submit.items():
-        setattr(cfg.submit, k, v)
-    return cfg
+def upload_difference(client, bucket: str, manifest: Path, local: dict) -> str | None:
+    """How a rerun's upload differs from the local files (None: it does not)."""
+    remote, pending = remote_digests(client, bucket), open_uploads(client, bucket)
+    listed = {o["key"].split("/", 1)[1]: o["sha256"] for o in json.loads(manifest.read_text())["objects"]}
+    if remote == local and listed == local and not pending:
+        return None
+    return (f"after the rerun: extra/missing/wrong {sorted(set(remote.items()) ^ set(local.items()))[:4]}, "
+            f"open uploads {pending}")
 
 
 def submit_cmd(cfg, root: Path, manifest: Path) -> list[str]:
@@ -246,18 +236,6 @@ def test_each_way_of_failing_is_named(auth_server, tmp_path):
 # ------------------------------------------------------------------ a plain local server
 
 
-@pytest.fixture(scope="module")
-def endpoint():
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 SECRET = "mdiff-fault-secret-5be1c0a97f3d4e21"
 KEY_ID = "AKIAMDIFFFAULTS00001"
 
@@ -284,7 +262,7 @@ def test_rerun_aborts_this_submissions_stale_multipart_uploads(endpoint, tmp_pat
     client = s3(endpoint)
     client.create_bucket(Bucket="stale-uploads")
     root = make_tree(tmp_path)
-    ours = "mdiff/mdiff-MD15/aimip/r4i1p1f1/mon/tas/f3.nc"
+    ours = "mdiff/mdiff-MD15/aimip/r4i1p1f1/Amon/tas/f3.nc"  # a file of make_tree
     theirs = "other-institution/model/aimip/r1i1p1f1/mon/tas/x.nc"
     for key in (ours, theirs):
         upload = client.create_multipart_upload(Bucket="stale-uploads", Key=key)
@@ -347,34 +325,17 @@ def test_submit_killed_at_random_moments_completes_exactly(endpoint, tmp_path):
         logs.append(log)
         cmd = submit_cmd(config(tmp_path, endpoint, bucket), root, manifest)
         if FT.run_killed(cmd, delay(), log, env):
-            record.kills += 1
             remote, pending = remote_digests(client, bucket), open_uploads(client, bucket)
-            record.phases["after the manifest" if manifest.exists() else
-                          f"uploading: {len(remote)} of {len(local)} objects up, "
-                          f"{'a multipart upload open' if pending else 'no multipart upload open'}"] += 1
             broken = [k for k, d in remote.items() if local.get(k) != d]
-            if broken or (manifest.exists() and remote != local):
-                record.incomplete_final += 1
-                record.problems.append(f"trial {trial}: after the kill, incomplete objects {broken}")
+            record.killed(trial, "after the manifest" if manifest.exists() else
+                          f"uploading: {len(remote)} of {len(local)} objects up, "
+                          f"{'a multipart upload open' if pending else 'no multipart upload open'}",
+                          f"incomplete objects {broken}" if broken or (manifest.exists() and remote != local)
+                          else None)
         else:
             record.finished_before_kill += 1
-        rc = FT.run_complete(cmd, log, env)
-        record.reruns += 1
-        if rc != 0:
-            record.failed_reruns += 1
-            record.problems.append(f"trial {trial}: rerun exited {rc}: {log.read_text()[-1500:]}")
-            continue
-        remote, pending = remote_digests(client, bucket), open_uploads(client, bucket)
-        listed = {o["key"].split("/", 1)[1]: o["sha256"] for o in json.loads(manifest.read_text())["objects"]}
-        if remote == local and listed == local and not pending:
-            record.exact += 1
-        else:
-            record.silent_corruptions += 1
-            record.problems.append(f"trial {trial}: after the rerun: extra/missing/wrong "
-                                   f"{sorted(set(remote.items()) ^ set(local.items()))[:4]}, open uploads {pending}")
-        if FT.stale_files(folder):
-            record.leftovers += 1
-            record.problems.append(f"trial {trial}: left {FT.stale_files(folder)}")
+        record.reran(trial, FT.run_complete(cmd, log, env), log,
+                     partial(upload_difference, client, bucket, manifest, local), folder)
     record.seconds += time.perf_counter() - started
     scan_for_secrets([p.read_text(errors="replace") for p in logs], [tmp_path], [SECRET, KEY_ID])
     assert record.kills >= target_kills, f"only {record.kills} kills landed in {trial} trials"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import fault_tools as FT
@@ -72,6 +73,13 @@ def complete_png(path: Path) -> bool:
     return data.startswith(b"\x89PNG\r\n\x1a\n") and data.rstrip(b"\x00").endswith(b"IEND\xaeB`\x82")
 
 
+def difference(out: Path, reference: Path) -> str | None:
+    """How a rerun's outputs differ from the uninterrupted run's (None: they do not)."""
+    diff = weight_difference(out / "checkpoint.pt", reference / "checkpoint.pt")
+    same = diff <= 1e-6 and same_log(out / "train_log.jsonl", reference / "train_log.jsonl")
+    return None if same and not incomplete_outputs(out, reference) else f"differs (weights by {diff})"
+
+
 def incomplete_outputs(out: Path, reference: Path) -> list[str]:
     """Declared outputs under their final names that are not the complete result."""
     bad = []
@@ -134,31 +142,10 @@ def test_train_killed_at_random_moments_resumes_exactly(tiny_world, tmp_path):
         out.mkdir()
         cmd, log = train_cmd(tiny_world, model_yaml, out), out / "log"
         if kill(cmd, log):
-            record.kills += 1
-            record.phases[phase(out)] += 1
-            bad = incomplete_outputs(out, reference)
-            if bad:
-                record.incomplete_final += 1
-                record.problems.append(f"trial {trial}: after the kill: {bad}")
+            record.killed(trial, phase(out), incomplete_outputs(out, reference) or None)
         else:
             record.finished_before_kill += 1
-        rc = FT.run_complete(cmd, log)
-        record.reruns += 1
-        if rc != 0:
-            record.failed_reruns += 1
-            record.problems.append(f"trial {trial}: rerun exited {rc}: {log.read_text()[-1500:]}")
-            continue
-        diff = weight_difference(out / "checkpoint.pt", reference / "checkpoint.pt")
-        if diff <= 1e-6 and same_log(out / "train_log.jsonl", reference / "train_log.jsonl") \
-                and not incomplete_outputs(out, reference):
-            record.exact += 1
-        else:
-            record.silent_corruptions += 1
-            record.problems.append(f"trial {trial}: rerun ended 0 but differs (weights by {diff})")
-        leftovers = FT.stale_files(out)
-        if leftovers:
-            record.leftovers += 1
-            record.problems.append(f"trial {trial}: left {leftovers}")
+        record.reran(trial, FT.run_complete(cmd, log), log, partial(difference, out, reference), out)
     record.seconds += time.perf_counter() - started
     assert record.kills >= target_kills, f"only {record.kills} kills landed in {trial} trials"
     assert not record.problems, "\n".join(record.problems)

@@ -4,7 +4,10 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mdiff"
-FOUNDATION = {"mdiff.variables", "mdiff.grid", "mdiff.config", "mdiff.fileio", "mdiff"}
+# The foundation, in order: each module may import the ones before it, nothing else of mdiff.
+FOUNDATION = ("mdiff", "mdiff.protocol", "mdiff.fileio", "mdiff.cdo", "mdiff.grid", "mdiff.variables",
+              "mdiff.config")
+NETWORK = ("mdiff.nn", "mdiff.checkpoint", "mdiff.train", "mdiff.rollout")
 
 
 def imports(path: Path) -> set[str]:
@@ -21,35 +24,58 @@ def imports(path: Path) -> set[str]:
     return out
 
 
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 def modules(sub: str):
     root = PACKAGE / sub
     return [root] if root.suffix == ".py" else sorted(root.rglob("*.py"))
 
 
-def allowed(name: str, prefixes: tuple[str, ...]) -> bool:
-    return not name.startswith("mdiff") or name in FOUNDATION or name.startswith(prefixes)
+def of_mdiff(names: set[str]) -> set[str]:
+    return {m for m in names if m == "mdiff" or m.startswith("mdiff.")}
 
 
-def test_foundation_imports_nothing_of_mdiff():
-    for sub in ("variables.py", "grid.py", "fileio.py", "config.py"):
-        for path in modules(sub):
-            bad = {m for m in imports(path) if m.startswith("mdiff") and m not in ("mdiff.fileio",)}
-            assert not bad, f"{path.name} imports {bad}"
+def test_foundation_imports_only_the_foundation_before_it():
+    for i, name in enumerate(FOUNDATION[1:], 1):
+        path = PACKAGE / f"{name.split('.')[1]}.py"
+        bad = of_mdiff(imports(path)) - set(FOUNDATION[:i])
+        assert not bad, f"{path.name} imports {bad}; the foundation before it is {FOUNDATION[:i]}"
 
 
 def test_data_and_nn_build_only_on_the_foundation():
     for sub, own in (("data", "mdiff.data"), ("nn", "mdiff.nn")):
         for path in modules(sub):
-            bad = {m for m in imports(path) if not allowed(m, (own,)) and m != "mdiff.cli"}
+            bad = {m for m in of_mdiff(imports(path)) if m not in FOUNDATION and not m.startswith(own)}
             assert not bad, f"{path} imports {bad}"
 
 
 def test_aimip_and_evaluate_never_touch_the_network_code():
     for sub in ("aimip", "evaluate"):
         for path in modules(sub):
-            bad = {m for m in imports(path) if m.split(".")[0] == "torch"
-                   or m.startswith(("mdiff.nn", "mdiff.train", "mdiff.rollout"))}
+            bad = {m for m in imports(path) if m.split(".")[0] == "torch" or m.startswith(NETWORK)}
             assert not bad, f"{path} imports {bad}"
+
+
+def test_only_the_command_line_imports_the_command_line():
+    """cli.py alone parses command lines: no module of the package imports it."""
+    importers = [path for path in PACKAGE.rglob("*.py") if path.name != "cli.py" and "mdiff.cli" in imports(path)]
+    assert not importers, f"{importers} import mdiff.cli"
+    assert not any(name in ("add_arguments", "main") for path in PACKAGE.rglob("*.py") if path.name != "cli.py"
+                   for name in _top_level_functions(path)), "a module other than cli.py defines main/add_arguments"
+
+
+def _top_level_functions(path: Path) -> set[str]:
+    return {n.name for n in ast.parse(path.read_text()).body if isinstance(n, ast.FunctionDef)}
+
+
+def test_the_rollout_reads_models_through_the_checkpoint_contract():
+    """A model reaches a rollout through mdiff.checkpoint, never through the training code."""
+    for name in ("rollout.py", "checkpoint.py"):
+        bad = {m for m in imports(PACKAGE / name) if m.startswith("mdiff.train")}
+        assert not bad, f"{name} imports {bad}"
 
 
 def test_nothing_imports_snakemake():

@@ -6,14 +6,11 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from small_model import save_checkpoint, small_model
 
 from mdiff import variables as V
-from mdiff.config import ModelConfig
 from mdiff.data import prepared as P
-from mdiff.data.normalize import Normalizer
-from mdiff.nn.model import MonthlyDiffusion
 from mdiff.rollout import (
-    PHYSICAL_RANGE_BY_UNITS,
     EnsembleStepper,
     FastKernels,
     RolloutGuardError,
@@ -29,10 +26,6 @@ from mdiff.rollout import (
     run_rollout,
 )
 
-SMALL = ModelConfig(latent_channels=4, squeeze=4, seasonal_channels=2, seasonal_basis=3, embed_channels=2,
-                    hidden_channels=12, encoder_rank=8, decoder_rank=12, denoiser_rank=8,
-                    time_embed_channels=3, diffusion_steps=4)
-
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
@@ -47,16 +40,8 @@ def one_thread():
 @pytest.fixture(scope="module")
 def setup(tiny_world):
     """A small random model on the tiny world, its statistics and the run's inputs."""
-    torch.manual_seed(0)
     grid = tiny_world.grid
-    model = MonthlyDiffusion(SMALL, grid).eval()
-    with torch.no_grad():  # zero-initialised modulations/residuals would hide parts of the arithmetic
-        for p in model.parameters():
-            if not p.any():
-                p.normal_(0.0, 0.05)
-    normalizer = Normalizer.load(tiny_world.stats, SMALL.normalization)
-    statics = P.dataset_to_channels(P.open_checked(tiny_world.statics, grid), V.STATIC)
-    model.set_statics(torch.from_numpy(normalizer.normalize(statics, V.STATIC_NAMES)))
+    model, normalizer = small_model(tiny_world)
     months = P.month_range(tiny_world.run_start, tiny_world.run_end)
     moy = P.month_of_year(months)
     sst, ice = experiment_forcing(tiny_world.forcing, grid, months, "aimip")
@@ -205,10 +190,6 @@ def test_planted_nan_stops_the_run_naming_month_variable_member(setup, tmp_path)
 
 
 def test_guard_names_out_of_range_values():
-    assert {c.units for c in V.STATE} <= set(PHYSICAL_RANGE_BY_UNITS)
-    for c in V.STATE:  # the guard's ranges are the variable table's (one source of truth)
-        lo, hi = PHYSICAL_RANGE_BY_UNITS[c.units]
-        assert lo <= c.plausible_range[0] < c.plausible_range[1] <= hi
     values = np.zeros((2, V.N_STATE, 3, 4), np.float32)
     for i, c in enumerate(V.STATE):
         values[:, i] = np.mean(c.plausible_range)
@@ -228,8 +209,10 @@ def test_full_rollout_stays_finite_and_physical(setup, tmp_path):
     ds = xr.open_dataset(out)
     assert ds.sizes["time"] == 555
     for ch in V.STATE:  # the guard ran on every month; check the file independently too
-        lo, hi = PHYSICAL_RANGE_BY_UNITS[ch.units]
+        lo, hi = ch.plausible_range
         x = ds[ch.variable].values
+        if ch.variable in V.PRESSURE_VARIABLES:
+            x = x[:, :, V.PRESSURE_LEVELS_HPA.index(ch.level_hpa)]
         assert np.isfinite(x).all() and x.min() >= lo and x.max() <= hi, ch.variable
 
 
@@ -269,17 +252,14 @@ def test_fast_kernels_bf16_pointwise_stay_close(setup):
 
 
 def test_command_line_rollout_from_a_checkpoint(setup, tiny_world, tmp_path):
-    """`mdiff rollout` end to end; aimip and aimip-p4k share the initial state and seeds."""
+    """`mdiff rollout` end to end, with the model and the statistics of the checkpoint alone;
+    aimip and aimip-p4k share the initial state and seeds."""
     import json
 
-    from mdiff import config as C
     from mdiff.cli import main as cli
-    from mdiff.train import TrainOptions, checkpoint_payload, save
 
     grid = setup["grid"]
-    opts = TrainOptions([], "", "", str(tmp_path / "checkpoint.pt"), C.ModelFile(SMALL, C.TrainConfig()),
-                        C.GridConfig(grid.nlat, grid.nlon))
-    save(tmp_path / "checkpoint.pt", checkpoint_payload(opts, setup["normalizer"], setup["model"], setup["model"]))
+    save_checkpoint(tmp_path / "checkpoint.pt", setup["model"], setup["normalizer"])
     settings = json.dumps({"grid": {"nlat": grid.nlat, "nlon": grid.nlon},
                            "periods": {"run_start": "1978-10", "run_end": "1979-05", "stats": ["1979-01", "1979-05"],
                                        "train": ["1979-01", "1979-05"], "validate": ["1979-01", "1979-05"]},
@@ -289,7 +269,7 @@ def test_command_line_rollout_from_a_checkpoint(setup, tiny_world, tmp_path):
         files[experiment] = tmp_path / experiment / "members_003-004.nc"
         rc = cli(["rollout", "--settings", settings, "--checkpoint", str(tmp_path / "checkpoint.pt"),
                   "--forcing", str(tiny_world.forcing), "--initial-state", str(tiny_world.prepared / "state" / "1978.nc"),
-                  "--normalization", str(tiny_world.stats), "--experiment", experiment, "--members", "003-004",
+                  "--experiment", experiment, "--members", "003-004",
                   "--output", str(files[experiment]), "--no-progress"])
         assert rc == 0
     a, b = xr.open_dataset(files["aimip"]), xr.open_dataset(files["aimip-p4k"])
@@ -301,6 +281,6 @@ def test_command_line_rollout_from_a_checkpoint(setup, tiny_world, tmp_path):
     # a member range outside rollout.members is a clear error
     rc = cli(["rollout", "--settings", settings, "--checkpoint", str(tmp_path / "checkpoint.pt"),
               "--forcing", str(tiny_world.forcing), "--initial-state", str(tiny_world.prepared / "state" / "1978.nc"),
-              "--normalization", str(tiny_world.stats), "--experiment", "aimip", "--members", "4-5",
+              "--experiment", "aimip", "--members", "4-5",
               "--output", str(tmp_path / "x.nc")])
     assert rc == 1

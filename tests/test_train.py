@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mdiff import checkpoint
 from mdiff import config as C
 from mdiff.data.dataset import MonthPairDataset, load_statics
 from mdiff.data.normalize import Normalizer
@@ -19,7 +20,6 @@ from mdiff.train import (
     EXIT_PREEMPTED,
     TrainOptions,
     _StopFlag,
-    load_checkpoint,
     sample_generator,
     train,
     train_step,
@@ -68,12 +68,15 @@ def test_train_writes_outputs_and_ema_is_what_inference_uses(tiny_world, tmp_pat
     assert "decoder.spectral.synthesis" in differing and "denoiser.spectral.synthesis" in differing
     # the PCA whitening basis is a buffer computed from the EMA encoder: both models carry it
     assert torch.equal(raw["latent_eofs"], ema["latent_eofs"]) and ema["latent_eofs"].abs().sum() > 0
-    model, meta = load_checkpoint(tmp_path / "checkpoint.pt")
+    loaded = checkpoint.load(tmp_path / "checkpoint.pt")
+    model, meta = loaded.model, loaded.meta
     assert not model.training
-    loaded = model.state_dict()
-    assert all(torch.equal(loaded[k], ema[k]) for k in ema)
-    assert meta["format_version"] == 1 and meta["grid"] == {"nlat": 17, "nlon": 32}
+    state = model.state_dict()
+    assert all(torch.equal(state[k], ema[k]) for k in ema)
+    assert meta["format_version"] == checkpoint.FORMAT_VERSION and meta["grid"] == {"nlat": 17, "nlon": 32}
     assert len(meta["variables"]) == 45 and "channels" in meta["normalization"]
+    # the checkpoint carries the statistics it was trained with: no statistics file needed
+    assert loaded.normalizer == Normalizer.load(tiny_world.stats, TINY.normalization)
     assert meta["selection"]["rule"].startswith("the EMA model of the last epoch") and meta["epoch"] == 2
 
 
@@ -182,16 +185,17 @@ def test_ddp_two_processes_equal_one_process_on_the_combined_batch(tmp_path):
 def test_committed_checkpoint_still_loads_and_reproduces_its_output():
     """tests/data/tiny_checkpoint.pt was written by tests/data/make_reference.py; if this
     fails after a deliberate format change, bump FORMAT_VERSION and keep old ones loading."""
-    model, meta = load_checkpoint(DATA / "tiny_checkpoint.pt")
+    loaded = checkpoint.load(DATA / "tiny_checkpoint.pt")
+    model, meta = loaded.model, loaded.meta
     expected = torch.load(DATA / "tiny_expected.pt", weights_only=True)
     with torch.no_grad():
-        outputs = _reference_outputs(model, expected["inputs"])
+        outputs = reference_outputs(model, expected["inputs"])
     for name, value in outputs.items():
         assert torch.allclose(value, expected["outputs"][name], atol=1e-4, rtol=1e-4), name
     assert meta["format_version"] == 1
 
 
-def _reference_outputs(model, inputs: dict) -> dict:
+def reference_outputs(model, inputs: dict) -> dict:
     cond = model.conditioning(inputs["forcing"], inputs["month"])
     cond_next = model.conditioning(inputs["forcing_next"], inputs["month"] % 12 + 1)
     mu, logvar = model.encode(inputs["state"], cond)
@@ -203,7 +207,7 @@ def test_old_checkpoint_with_unknown_config_fields_loads(tmp_path, caplog):
     payload = torch.load(DATA / "tiny_checkpoint.pt", weights_only=True)
     payload["model_config"]["some_future_option"] = 3
     torch.save(payload, tmp_path / "future.pt")
-    model, _ = load_checkpoint(tmp_path / "future.pt")
+    checkpoint.load(tmp_path / "future.pt")
     assert "some_future_option" in caplog.text
     with pytest.raises(FileNotFoundError):
-        load_checkpoint(tmp_path / "missing.pt")
+        checkpoint.load(tmp_path / "missing.pt")

@@ -72,20 +72,26 @@ def test_bad_config_key_fails_with_the_key(tmp_path):
     assert "membres" in out.stdout + out.stderr
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """The default workflow (`make run`) on a tiny grid: synthetic world -> ... -> `all`, in a
-    copy of the workflow whose config/config.yaml is made tiny, so results land where the
-    docs say (results/synthetic) and the documented commands work as pasted after it."""
-    wf = copy_workflow(tmp_path_factory.mktemp("tiny"))
+def tiny_workflow(wf: Path, **sections) -> Path:
+    """The workflow at ``wf`` made tiny: a 9 x 16 grid, 2 truth realisations, 2 members, one
+    epoch of the small model; ``sections``: further config sections."""
     cfg = yaml.safe_load((wf / "config" / "config.yaml").read_text())
-    cfg.update(grid={"nlat": 9, "nlon": 16})
+    cfg.update(grid={"nlat": 9, "nlon": 16}, **sections)
     cfg["synthetic"]["realizations"] = 2
     cfg["rollout"].update(members=2, member_batch=2)
     (wf / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
     model = yaml.safe_load((wf / "config" / "model" / "small.yaml").read_text())
     model["train"]["epochs"] = 1
     (wf / "config" / "model" / "small.yaml").write_text(yaml.safe_dump(model))
+    return wf
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The default workflow (`make run`) on a tiny grid: synthetic world -> ... -> `all`, in a
+    copy of the workflow whose config/config.yaml is made tiny, so results land where the
+    docs say (results/synthetic) and the documented commands work as pasted after it."""
+    wf = tiny_workflow(copy_workflow(tmp_path_factory.mktemp("tiny")))
     snakemake("all", "--cores", "2", cwd=wf)
     return wf, wf / "results" / "synthetic"
 
@@ -174,18 +180,11 @@ def test_gn_and_gr_trees_end_to_end(tmp_path):
     """aimip.grids [gn, gr] through the whole workflow on a short run (1978-10..1981-12, 9x16):
     both trees validated by PrePARE, the CF checkers and the own checks; the organisers'
     metrics on the gr tree; the submission root covers both grids."""
-    wf = copy_workflow(tmp_path)
-    cfg = yaml.safe_load((wf / "config" / "config.yaml").read_text())
-    cfg.update(grid={"nlat": 9, "nlon": 16}, aimip={"grids": ["gn", "gr"]},
-               periods={"run_start": "1978-10", "run_end": "1981-12", "stats": ["1979-01", "1980-12"],
-                        "train": ["1980-01", "1980-12"], "validate": ["1979-01", "1979-12"]},
-               evaluate={"analysis": ["1979-01", "1981-12"], "periods": [["1979-01", "1980-06"], ["1980-07", "1981-12"]]})
-    cfg["synthetic"]["realizations"] = 2
-    cfg["rollout"].update(members=2, member_batch=2)
-    (wf / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
-    model = yaml.safe_load((wf / "config" / "model" / "small.yaml").read_text())
-    model["train"]["epochs"] = 1
-    (wf / "config" / "model" / "small.yaml").write_text(yaml.safe_dump(model))
+    wf = tiny_workflow(copy_workflow(tmp_path), aimip={"grids": ["gn", "gr"]},
+                       periods={"run_start": "1978-10", "run_end": "1981-12", "stats": ["1979-01", "1980-12"],
+                                "train": ["1980-01", "1980-12"], "validate": ["1979-01", "1979-12"]},
+                       evaluate={"analysis": ["1979-01", "1981-12"],
+                                 "periods": [["1979-01", "1980-06"], ["1980-07", "1981-12"]]})
     snakemake("all", "--cores", "2", cwd=wf)
     results = wf / "results" / "synthetic"
     report = json.loads((results / "validation" / "report.json").read_text())

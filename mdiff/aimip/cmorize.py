@@ -1,16 +1,14 @@
 """`mdiff cmorize`: rewrite one member of one experiment's rollout as AI-MIP files with CMOR.
 
 Runs in the CMOR environment (Debian python3 + numpy 1.x, or conda's cmor): reads the
-rollout with netCDF4 directly, converts with the declarative map (``variables.yaml``) and
-writes every variable with one generic writer. CMOR writes into a private staging
+rollout with netCDF4 directly, converts with the variable map derived from the variable
+table (mdiff.aimip.varmap) and writes every variable with one generic writer. CMOR writes into a private staging
 folder; each file is checked against its expected AI-MIP path and only then moved into
 the tree, so an interrupted job never leaves a file that looks complete.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -21,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mdiff import protocol
 from mdiff.aimip import drs
+from mdiff.aimip.cmor_env import preload_libuuid
 from mdiff.aimip.tables import (
     AIMIP_LEVELS_PA,
     TABLE_ID,
@@ -30,8 +30,7 @@ from mdiff.aimip.tables import (
     write_run_tables,
 )
 from mdiff.aimip.varmap import VarSpec, load_variable_map, source_units
-from mdiff.cli import add_settings_arguments, load_settings
-from mdiff.config import EXPERIMENTS, Config
+from mdiff.config import AimipConfig, Config
 from mdiff.grid import LatLonGrid
 
 log = logging.getLogger("mdiff.aimip.cmorize")
@@ -43,10 +42,7 @@ class CmorizeError(ValueError):
 
 def import_cmor():
     """Import CMOR with the two fixes Debian's python3-cmor 3.7 needs (see docs/aimip.md)."""
-    # Debian's build needs libuuid loaded first (else: undefined symbol uuid_unparse);
-    # conda's cmor links it itself, so a missing libuuid.so.1 is no error here.
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libuuid.so.1", mode=ctypes.RTLD_GLOBAL)
+    preload_libuuid()
     if not hasattr(np, "float"):  # cmor 3.7's python wrapper still uses np.float / np.int
         np.float = float  # type: ignore[attr-defined]
         np.int = int  # type: ignore[attr-defined]
@@ -110,14 +106,11 @@ class Rollout:
         bounds = np.asarray(b[:], dtype=np.float64)
         starts = cftime.num2date(bounds[:, 0], self.time_units, self.calendar)
         got = [f"{d.year:04d}-{d.month:02d}" for d in starts]
-        y0, m0 = map(int, cfg.periods.run_start.split("-"))
-        y1, m1 = map(int, cfg.periods.run_end.split("-"))
-        n = (y1 - y0) * 12 + m1 - m0 + 1
-        expected = [f"{y0 + (m0 - 1 + k) // 12:04d}-{(m0 - 1 + k) % 12 + 1:02d}" for k in range(n)]
+        expected = protocol.months(cfg.periods.run_start, cfg.periods.run_end)
         if got != expected:
             missing = sorted(set(expected) - set(got))[:3]
             raise CmorizeError(f"{self.path}: time covers {len(got)} months {got[:1]}..{got[-1:]}; expected "
-                               f"{n} months {cfg.periods.run_start}..{cfg.periods.run_end} "
+                               f"{len(expected)} months {cfg.periods.run_start}..{cfg.periods.run_end} "
                                f"(missing e.g. {missing})")
         if not np.array_equal(bounds[1:, 0], bounds[:-1, 1]):
             raise CmorizeError(f"{self.path}: time_bnds are not contiguous")
@@ -243,49 +236,74 @@ def cmorize(cfg: Config, rollout_path: str | Path, experiment: str, member: int,
     from mdiff.fileio import write_json
 
     cmor = import_cmor()
-    root = Path(root)
     varmap = load_variable_map()
     expected = {f.variable: f for f in drs.member_files(cfg.aimip, cfg.periods, varmap, experiment, member)}
     rollout = Rollout(rollout_path, experiment, member, cfg)
-    root.mkdir(parents=True, exist_ok=True)
-    # Staging beside the tree (same file system: the final move is a rename).
-    stage = Path(tempfile.mkdtemp(prefix=f".cmorize-{experiment}-r{member}-", dir=root.parent))
     written = []
     try:
-        tables = write_run_tables(cfg.aimip, stage / "tables")
-        (stage / "out").mkdir()
-        cmor_log = stage / "cmor.log"
-        cmor.setup(inpath=str(tables), netcdf_file_action=cmor.CMOR_REPLACE, logfile=str(cmor_log),
-                   create_subdirectories=1)
-        user_json = stage / "dataset.json"
-        user_json.write_text(json.dumps(dataset_attributes(cfg, experiment, member, rollout, stage / "out"), indent=1))
-        _cmor_call(cmor.dataset_json, cmor_log, str(user_json))
-        _cmor_call(cmor.load_table, cmor_log, str(tables / f"CMIP6_{TABLE_ID}.json"))
-        for name, spec in tqdm(varmap.items(), desc=f"cmorize {experiment} r{member}", unit="var"):
-            t0 = time.perf_counter()
-            path = _cmor_call(write_variable, cmor_log, cmor, spec, rollout, cfg.aimip.block_months,
-                              cfg.aimip.deflate_level)
-            rel = path.relative_to(stage / "out")
-            want = expected[name].relpath
-            if rel != want:
-                raise CmorizeError(f"CMOR wrote {name} as {rel}; expected {want} (check aimip.* config "
-                                   "and the run period)")
-            final = root / want
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, final)
-            written.append(final)
-            log.info("%s: %s (%.1f s)", name, final, time.perf_counter() - t0)
-        cmor.close()
+        with CmorSession(cmor, cfg.aimip, Path(root), f".cmorize-{experiment}-r{member}-") as session:
+            session.start(dataset_attributes(cfg, experiment, member, rollout, session.out))
+            for name, spec in tqdm(varmap.items(), desc=f"cmorize {experiment} r{member}", unit="var"):
+                written.append(session.write(spec, rollout, expected[name].relpath))
+            session.close()
     finally:
         rollout.close()
-        shutil.rmtree(stage, ignore_errors=True)
     if file_list:
         write_json(file_list, {"experiment": experiment, "member": member, "rollout": str(rollout_path),
                                "files": [str(p) for p in written]})
     return written
 
 
-def _cmor_call(fn, cmor_log: Path, *args):
+class CmorSession:
+    """One CMOR job in a private staging folder beside the tree (same file system: the final
+    move is a rename): the run's tables, CMOR's log and the dataset attributes; every file
+    CMOR writes is checked against its AI-MIP path, and only then moved into the tree."""
+
+    def __init__(self, cmor, aimip: AimipConfig, root: Path, prefix: str):
+        self.cmor, self.aimip, self.root = cmor, aimip, root
+        root.mkdir(parents=True, exist_ok=True)
+        self.stage = Path(tempfile.mkdtemp(prefix=prefix, dir=root.parent))
+        self.out = self.stage / "out"
+        self.log = self.stage / "cmor.log"
+
+    def __enter__(self) -> CmorSession:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        shutil.rmtree(self.stage, ignore_errors=True)
+
+    def start(self, attributes: dict) -> None:
+        """CMOR set up with the run's tables and these dataset attributes (dataset_json)."""
+        tables = write_run_tables(self.aimip, self.stage / "tables")
+        self.out.mkdir()
+        self.cmor.setup(inpath=str(tables), netcdf_file_action=self.cmor.CMOR_REPLACE, logfile=str(self.log),
+                        create_subdirectories=1)
+        user_json = self.stage / "dataset.json"
+        user_json.write_text(json.dumps(attributes, indent=1))
+        cmor_call(self.cmor.dataset_json, self.log, str(user_json))
+        cmor_call(self.cmor.load_table, self.log, str(tables / f"CMIP6_{TABLE_ID}.json"))
+
+    def write(self, spec: VarSpec, source, want: Path) -> Path:
+        """Write one variable from ``source`` (a Rollout, or anything with its ``read`` and
+        axes) and move it to ``root / want``; returns that path."""
+        t0 = time.perf_counter()
+        path = cmor_call(write_variable, self.log, self.cmor, spec, source, self.aimip.block_months,
+                         self.aimip.deflate_level)
+        rel = path.relative_to(self.out)
+        if rel != want:
+            raise CmorizeError(f"CMOR wrote {spec.name} as {rel}; expected {want} (check aimip.* config "
+                               "and the run period)")
+        final = self.root / want
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, final)
+        log.info("%s: %s (%.1f s)", spec.name, final, time.perf_counter() - t0)
+        return final
+
+    def close(self) -> None:
+        self.cmor.close()
+
+
+def cmor_call(fn, cmor_log: Path, *args):
     """Call into CMOR; on failure raise with the tail of CMOR's own log (it names the cause)."""
     try:
         result = fn(*args)
@@ -298,24 +316,3 @@ def _cmor_call(fn, cmor_log: Path, *args):
         tail = cmor_log.read_text(errors="replace")[-2000:] if cmor_log.exists() else ""
         raise CmorizeError(f"CMOR {fn.__name__} returned {result}\n{tail}")
     return result
-
-
-# ---------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser) -> None:
-    add_settings_arguments(parser)
-    parser.add_argument("--input", required=True, help="rollout batch file containing the member")
-    parser.add_argument("--experiment", required=True, help="experiment_id (aimip, aimip-p2k, aimip-p4k)")
-    parser.add_argument("--member", type=int, required=True, help="member number (1-based)")
-    parser.add_argument("--output-root", required=True, help="root of the AI-MIP tree ({results}/aimip)")
-    parser.add_argument("--file-list", help="write the list of written files here (JSON)")
-
-
-def main(args) -> int:
-    cfg = load_settings(args)
-    if args.experiment not in EXPERIMENTS:
-        raise CmorizeError(f"experiment {args.experiment!r} is not an AI-MIP experiment {list(EXPERIMENTS)}")
-    files = cmorize(cfg, args.input, args.experiment, args.member, args.output_root, args.file_list)
-    log.info("wrote %d files for %s r%d", len(files), args.experiment, args.member)
-    return 0

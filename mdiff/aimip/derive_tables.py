@@ -3,7 +3,7 @@
 A maintainer tool, not part of the workflow: run it when the CMIP6 base tables change,
 review the diff and commit the result. Nothing reads the CMIP6 tables at run time.
 
-    python -m mdiff.aimip.derive_tables /path/to/cmip6-cmor-tables/Tables
+    mdiff derive-tables /path/to/cmip6-cmor-tables/Tables
 
 What it changes is listed in ``mdiff/aimip/tables/README.md``. The configurable parts of
 the vocabulary (institution_id, source_id) are left empty here and filled per run by
@@ -12,20 +12,15 @@ the vocabulary (institution_id, source_id) are left empty here and filled per ru
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 from pathlib import Path
 
 from mdiff.aimip.tables import LEVEL_AXES, LEVEL_AXIS, LICENSE_REGEX
 from mdiff.aimip.varmap import load_variable_map
+from mdiff.protocol import EXPERIMENT_TABLE
 
 HERE = Path(__file__).parent / "tables"
-EXPERIMENTS = {
-    "aimip": "AI-MIP AMIP-style run forced by observed SST and sea ice",
-    "aimip-p2k": "AI-MIP run with SST uniformly +2 K over the ocean (sea ice unchanged)",
-    "aimip-p4k": "AI-MIP run with SST uniformly +4 K over the ocean (sea ice unchanged)",
-}
 
 
 def _load(base: Path, name: str) -> dict:
@@ -38,7 +33,7 @@ def _dump(obj: dict, name: str) -> None:
 
 
 def derive(base: Path) -> None:
-    varmap = load_variable_map()
+    varmap = load_variable_map(check_table=False)  # the table being derived
     amon = _load(base, "CMIP6_Amon.json")
     out = {"Header": dict(amon["Header"], realm="atmos"), "variable_entry": {}}
     for name, spec in varmap.items():
@@ -72,20 +67,10 @@ def derive(base: Path) -> None:
     c["institution_id"] = {}  # filled per run from the config
     c["source_id"] = {}  # filled per run from the config
     c["experiment_id"] = {
-        eid: dict(amip, activity_id=["AIMIP"], experiment=text, experiment_id=eid,
-                  additional_allowed_model_components=[])
-        for eid, text in EXPERIMENTS.items()
+        e.name: dict(amip, activity_id=["AIMIP"], experiment=e.description, experiment_id=e.name,
+                     additional_allowed_model_components=[])
+        for e in EXPERIMENT_TABLE
     }
     c["license"] = [LICENSE_REGEX]
     c["version_metadata"]["note"] = "AI-MIP vocabulary derived by mdiff from the CMIP6 CV above"
     _dump(cv, "CMIP6_CV.json")
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("cmip6_tables", type=Path, help="folder with PCMDI's CMIP6_*.json")
-    derive(parser.parse_args().cmip6_tables)
-
-
-if __name__ == "__main__":
-    main()

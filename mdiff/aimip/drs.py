@@ -97,11 +97,3 @@ def member_files(aimip: AimipConfig, periods: PeriodsConfig, variables, experime
 def tree_root(path: str | Path, aimip: AimipConfig) -> str:
     """The root of the AI-MIP tree, from the path of one of its files."""
     return str(Path(path).parents[len(folder_parts(aimip))])
-
-
-def member_batch(member: int, members: int, batch: int) -> tuple[int, int]:
-    """(first, last) member of the rollout batch holding ``member``: consecutive blocks."""
-    if not 1 <= member <= members:
-        raise ValueError(f"member {member} outside 1..{members}")
-    first = (member - 1) // batch * batch + 1
-    return first, min(first + batch - 1, members)

@@ -16,7 +16,6 @@ weights):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -26,9 +25,10 @@ from pathlib import Path
 from mdiff.aimip import drs
 from mdiff.aimip.tables import LICENSE_ID, nominal_resolution, read_base
 from mdiff.aimip.varmap import load_variable_map
-from mdiff.cli import add_settings_arguments, load_settings
-from mdiff.config import SST_OFFSET_K, Config
+from mdiff.config import Config
+from mdiff.fileio import sha256_file
 from mdiff.grid import ONE_DEGREE, LatLonGrid
+from mdiff.protocol import SST_OFFSET_K, months
 
 log = logging.getLogger("mdiff.aimip.package")
 LICENSE_FILE = Path(__file__).with_name("cc-by-4.0.txt")
@@ -42,14 +42,6 @@ TRUTH_GAP = 0.2  # an emulator correlation this far below the truth realisations
 
 class PackageError(ValueError):
     user_facing = True
-
-
-def sha256_file(path: Path, block: int = 2**22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def manifest_files(base: Path) -> list[Path]:
@@ -162,7 +154,7 @@ def dataset_card(cfg: Config, validation: dict, scores: dict, model_card: str, s
     facts = model_card_facts(model_card)
     varmap = load_variable_map()
     table = read_base("CMIP6_Amon.json")["variable_entry"]
-    months = (int(p.run_end[:4]) - int(p.run_start[:4])) * 12 + int(p.run_end[5:]) - int(p.run_start[5:]) + 1
+    n_months = len(months(p.run_start, p.run_end))
     synthetic = cfg.source == "synthetic"
     data = ("the embedded **synthetic ERA5-like world** of mdiff (a demonstration: these files are "
             "not a scientific AI-MIP submission)" if synthetic else
@@ -231,7 +223,7 @@ Data version `{a.version}`. Licence: {LICENSE_ID} (`LICENSE`).
 - Chosen epoch: {facts['chosen'] or 'see weights/model_card.md'}. Training time: {facts['time'] or '-'}.
 
 ## Experiments and members
-Every run starts from the state of {p.run_start} and steps monthly to {p.run_end} ({months}
+Every run starts from the state of {p.run_start} and steps monthly to {p.run_end} ({n_months}
 months).{spinup} All members start from the same state; they differ by the random generator of
 the diffusion sampler, seeded per member from the base seed {cfg.rollout.seed}.{same}
 
@@ -322,21 +314,3 @@ def _tree(cfg: Config):
     varmap = load_variable_map()
     return [f for g in cfg.aimip.grids for e in cfg.rollout.experiments for k in range(1, cfg.rollout.members + 1)
             for f in drs.member_files(cfg.aimip, cfg.periods, varmap, e, k, g)]
-
-
-def add_arguments(parser) -> None:
-    add_settings_arguments(parser)
-    parser.add_argument("--root", required=True, help="root of the AI-MIP tree ({results}/aimip)")
-    parser.add_argument("--report", required=True, help="validation report.json (must have passed)")
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--model-card", required=True)
-    parser.add_argument("--loss-curve", required=True)
-    parser.add_argument("--scores", required=True, help="the evaluation's scores.json")
-    parser.add_argument("--rollout", nargs="+", required=True, help="rollout files (member seeds)")
-
-
-def main(args) -> int:
-    cfg = load_settings(args)
-    package(cfg, args.root, args.report, args.checkpoint, args.model_card, args.loss_curve, args.scores,
-            args.rollout)
-    return 0

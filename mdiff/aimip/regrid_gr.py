@@ -14,23 +14,18 @@ the native one (to float32 rounding; a test checks 1e-5 relative with exact cell
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
-import shutil
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from mdiff import cdo
 from mdiff.aimip import drs
-from mdiff.aimip.cmorize import CmorizeError, _cmor_call, dataset_json, import_cmor, write_variable
-from mdiff.aimip.tables import TABLE_ID, nominal_resolution, write_run_tables
+from mdiff.aimip.cmorize import CmorizeError, CmorSession, dataset_json, import_cmor
+from mdiff.aimip.tables import nominal_resolution
 from mdiff.aimip.varmap import load_variable_map
-from mdiff.cli import add_settings_arguments, load_settings
-from mdiff.config import EXPERIMENTS, Config
+from mdiff.config import Config
 from mdiff.grid import ONE_DEGREE, LatLonGrid
 
 log = logging.getLogger("mdiff.aimip.regrid_gr")
@@ -44,26 +39,6 @@ def grid_description(cfg: Config) -> str:
             "(lat x lon), cell centres at -89.5..89.5 degrees_north and 0.5..359.5 degrees_east; "
             "conservatively regridded (first order, CDO remapcon) from the native equiangular grid "
             f"with poles, {native.nlat} x {native.nlon}, {native.resolution:g} degrees (grid_label gn)")
-
-
-def run_cdo(cdo: str, *args: str | Path) -> None:
-    cmd = [cdo, "-s", "-O", *map(str, args)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-    except FileNotFoundError as err:
-        raise CmorizeError(f"CDO not found ({cdo}): install it (apt-get install cdo, or conda-forge cdo)") from err
-    if proc.returncode != 0:
-        raise CmorizeError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}): "
-                           f"{(proc.stderr or proc.stdout).strip()[-500:]}")
-
-
-def cdo_version(cdo: str) -> str:
-    try:
-        proc = subprocess.run([cdo, "--version"], capture_output=True, text=True)
-    except FileNotFoundError:
-        return "?"
-    words = (proc.stdout + proc.stderr).split()  # "Climate Data Operators version 2.1.1 (...)"
-    return next((w for w in words if w[:1].isdigit()), "?")
 
 
 class Regridded:
@@ -121,7 +96,7 @@ def _provenance(native: Path) -> tuple[str, str, str]:
 
 
 def regrid_member(cfg: Config, root: str | Path, experiment: str, member: int,
-                  file_list: str | Path | None = None, cdo: str = "cdo") -> list[Path]:
+                  file_list: str | Path | None = None, cdo_exe: str = "cdo") -> list[Path]:
     from mdiff.fileio import write_json
 
     root = Path(root)
@@ -134,76 +109,34 @@ def regrid_member(cfg: Config, root: str | Path, experiment: str, member: int,
         raise CmorizeError(f"{missing[0]}: gn file missing ({len(missing)} of {len(native)} missing): "
                            "the gr files are regridded from the gn files (run cmorize first)")
     cmor = import_cmor()
-    stage = Path(tempfile.mkdtemp(prefix=f".cmorize-gr-{experiment}-r{member}-", dir=root.parent))
     written: list[Path] = []
-    try:
-        gridfile = stage / "grid.txt"
+    with CmorSession(cmor, cfg.aimip, root, f".cmorize-gr-{experiment}-r{member}-") as session:
+        gridfile = session.stage / "grid.txt"
         gridfile.write_text(ONE_DEGREE.cdo_grid())
-        weights = stage / "weights.nc"
+        weights = session.stage / "weights.nc"
         t0 = time.perf_counter()
         first = next(iter(native.values()))  # every gn file is on the same horizontal grid
-        run_cdo(cdo, f"gencon,{gridfile}", first, weights)
+        cdo.run(f"gencon,{gridfile}", first, weights, cdo=cdo_exe, error=CmorizeError)
         log.info("conservative weights %s -> 1 degree: %.1f s", cfg.grid, time.perf_counter() - t0)
-        tables = write_run_tables(cfg.aimip, stage / "tables")
-        (stage / "out").mkdir()
-        cmor_log = stage / "cmor.log"
-        cmor.setup(inpath=str(tables), netcdf_file_action=cmor.CMOR_REPLACE, logfile=str(cmor_log),
-                   create_subdirectories=1)
         provenance, comment, cal = _provenance(first)
-        attrs = dataset_json(
-            cfg, experiment, member, stage / "out", calendar=cal, grid_label="gr", grid=grid_description(cfg),
+        session.start(dataset_json(
+            cfg, experiment, member, session.out, calendar=cal, grid_label="gr", grid=grid_description(cfg),
             nominal=nominal_resolution(ONE_DEGREE.lat_bounds, ONE_DEGREE.lon_bounds),
-            history=f"{provenance}; regridded to 1 degree from the gn files with CDO {cdo_version(cdo)} "
-                    "remapcon (first-order conservative)", comment=comment)
-        user_json = stage / "dataset.json"
-        user_json.write_text(json.dumps(attrs, indent=1))
-        _cmor_call(cmor.dataset_json, cmor_log, str(user_json))
-        _cmor_call(cmor.load_table, cmor_log, str(tables / f"CMIP6_{TABLE_ID}.json"))
+            history=f"{provenance}; regridded to 1 degree from the gn files with CDO {cdo.version(cdo_exe)} "
+                    "remapcon (first-order conservative)", comment=comment))
         for name, spec in varmap.items():
-            t0 = time.perf_counter()
-            remapped = stage / f"{name}.nc"
-            run_cdo(cdo, f"remap,{gridfile},{weights}", native[name], remapped)
+            remapped = session.stage / f"{name}.nc"
+            cdo.run(f"remap,{gridfile},{weights}", native[name], remapped, cdo=cdo_exe, error=CmorizeError)
             source = Regridded(remapped, native[name], name)
             # The gn values are already AI-MIP variables: copy them on the same level axis.
-            copy = dataclasses.replace(spec, sources=(name,), conversion="identity", level=spec.level_axis)
             try:
-                path = _cmor_call(write_variable, cmor_log, cmor, copy, source, cfg.aimip.block_months,
-                                  cfg.aimip.deflate_level)
+                written.append(session.write(dataclasses.replace(spec, sources=(name,), conversion="identity"),
+                                             source, expected[name].relpath))
             finally:
                 source.close()
                 remapped.unlink()
-            rel = path.relative_to(stage / "out")
-            want = expected[name].relpath
-            if rel != want:
-                raise CmorizeError(f"CMOR wrote {name} as {rel}; expected {want}")
-            final = root / want
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, final)
-            written.append(final)
-            log.info("%s: %s (%.1f s)", name, final, time.perf_counter() - t0)
-        cmor.close()
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        session.close()
     if file_list:
         write_json(file_list, {"experiment": experiment, "member": member, "grid": "gr",
                                "files": [str(p) for p in written]})
     return written
-
-
-def add_arguments(parser) -> None:
-    add_settings_arguments(parser)
-    parser.add_argument("--experiment", required=True, help="experiment_id (aimip, aimip-p2k, aimip-p4k)")
-    parser.add_argument("--member", type=int, required=True, help="member number (1-based)")
-    parser.add_argument("--root", required=True, help="root of the AI-MIP tree ({results}/aimip): reads the "
-                                                      "member's gn files, writes its gr files")
-    parser.add_argument("--file-list", help="write the list of written files here (JSON)")
-    parser.add_argument("--cdo", default="cdo", help="CDO executable")
-
-
-def main(args) -> int:
-    cfg = load_settings(args)
-    if args.experiment not in EXPERIMENTS:
-        raise CmorizeError(f"experiment {args.experiment!r} is not an AI-MIP experiment {list(EXPERIMENTS)}")
-    files = regrid_member(cfg, args.root, args.experiment, args.member, args.file_list, args.cdo)
-    log.info("wrote %d gr files for %s r%d", len(files), args.experiment, args.member)
-    return 0

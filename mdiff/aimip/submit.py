@@ -35,7 +35,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from mdiff.cli import add_settings_arguments, load_settings
 from mdiff.config import Config
 
 log = logging.getLogger("mdiff.aimip.submit")
@@ -344,36 +343,23 @@ def upload(cfg: Config, root: str | Path, manifest: str | Path | None = None, dr
     return entries
 
 
-def add_arguments(parser) -> None:
-    add_settings_arguments(parser)
-    parser.add_argument("--root", required=True, help="root of the AI-MIP tree ({results}/aimip)")
-    parser.add_argument("--report", required=True, help="validation report.json (must have passed)")
-    parser.add_argument("--manifest", help="write the manifest (key, size, sha256) here")
-    parser.add_argument("--dry-run", action="store_true", help="list what would be uploaded; upload nothing")
-    parser.add_argument("--checksums", help="the submission root's MANIFEST.sha256: check local files before "
-                                            "and every remote object after the upload against it")
-    parser.add_argument("--verify-only", action="store_true", help="upload nothing; verify the remote copy")
-
-
-def main(args) -> int:
-    cfg = load_settings(args)
-    root = Path(args.root)
-    require_passed_validation(args.report, root)
-    if not args.dry_run and not args.manifest:
-        raise SubmitError("--manifest is required unless --dry-run")
-    if args.manifest:
-        from mdiff.fileio import remove_stale_temporaries
-
-        remove_stale_temporaries(args.manifest)  # of a killed run
+def submit(cfg: Config, root: str | Path, report: str | Path, manifest: str | Path | None = None,
+           dry_run: bool = False, checksums: str | Path | None = None, verify_only: bool = False) -> list[Entry]:
+    """What `mdiff submit` does: after a passed validation (``report``), upload the tree at
+    ``root`` (``checksums``: the submission root's MANIFEST.sha256, checked before and after)."""
     from mdiff.aimip.package import read_checksums
+    from mdiff.fileio import remove_stale_temporaries
 
-    checksums = read_checksums(args.checksums) if args.checksums else None
-    entries = upload(cfg, root, args.manifest, args.dry_run, checksums=checksums, verify_only=args.verify_only)
-    done = sum(e.action == "upload" for e in entries)
-    log.info("%s: %d files %s, %d already present", cfg.submit.endpoint_url, done if not args.dry_run else
-             sum(e.action == "would-upload" for e in entries), "would be uploaded" if args.dry_run else "uploaded",
-             sum(e.action == "skip" for e in entries))
+    root = Path(root)
+    require_passed_validation(report, root)
+    if not dry_run and not manifest:
+        raise SubmitError("--manifest is required unless --dry-run")
+    if manifest:
+        remove_stale_temporaries(manifest)  # of a killed run
+    sums = read_checksums(checksums) if checksums else None
+    entries = upload(cfg, root, manifest, dry_run, checksums=sums, verify_only=verify_only)
+    done = sum(e.action == ("would-upload" if dry_run else "upload") for e in entries)
+    log.info("%s: %d files %s, %d already present", cfg.submit.endpoint_url, done,
+             "would be uploaded" if dry_run else "uploaded", sum(e.action == "skip" for e in entries))
     sys.stdout.flush()
-    return 0
-
-
+    return entries

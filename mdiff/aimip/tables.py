@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ AIMIP_LEVELS_PA = tuple(float(p) * 100.0 for p in V.PRESSURE_LEVELS_HPA)
 # organisers' loader selects plev=[50000.] along a plev dimension on every 3-D variable.
 LEVEL_AXIS_500 = "plev1aimip"
 LEVEL_AXES = {LEVEL_AXIS: AIMIP_LEVELS_PA, LEVEL_AXIS_500: (50000.0,)}  # axis -> levels (Pa)
+SINGLE_LEVEL_AXES = {500: LEVEL_AXIS_500}  # hPa -> the axis of a field written at that level only
 LICENSE_ID = "CC BY 4.0"
 # The CV checks the licence with POSIX *basic* regular expressions: "(" is a literal.
 LICENSE_REGEX = (
@@ -108,5 +110,21 @@ def write_run_tables(aimip: AimipConfig, dest: str | Path) -> Path:
     return dest
 
 
+def single_level_axis(level_hpa: int) -> str:
+    """The CMOR axis of a field written at one pressure level only (zg at 500 hPa)."""
+    try:
+        return SINGLE_LEVEL_AXES[level_hpa]
+    except KeyError:
+        raise KeyError(f"no single-level axis at {level_hpa} hPa in the AI-MIP tables; expected one of "
+                       f"{sorted(SINGLE_LEVEL_AXES)} hPa (add one: mdiff/aimip/derive_tables.py)") from None
+
+
+@cache
+def _variable_entries(base: Path) -> dict:
+    with open(base / f"CMIP6_{TABLE_ID}.json") as f:
+        return json.load(f)["variable_entry"]
+
+
 def table_units(variable: str) -> str:
-    return read_base(f"CMIP6_{TABLE_ID}.json")["variable_entry"][variable]["units"]
+    """Units of a variable of the AI-MIP table (KeyError: the table has no such entry)."""
+    return _variable_entries(BASE)[variable]["units"]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 import subprocess
@@ -27,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
+from mdiff import protocol
 from mdiff.aimip import drs
+from mdiff.aimip.cmor_env import PREPARE_CODE, cmor_python
 from mdiff.aimip.tables import BASE, read_base, write_run_tables
 from mdiff.aimip.varmap import load_variable_map
-from mdiff.cli import add_settings_arguments, load_settings
 from mdiff.config import Config
 from mdiff.grid import ONE_DEGREE, LatLonGrid, RegularGrid
 
@@ -47,12 +47,6 @@ class Finding:
 
 
 # --------------------------------------------------------------------- own checks
-
-
-def _months(first: str, last: str) -> list[tuple[int, int]]:
-    y0, m0 = map(int, first.split("-"))
-    y1, m1 = map(int, last.split("-"))
-    return [(y0 + (m0 - 1 + k) // 12, (m0 - 1 + k) % 12 + 1) for k in range((y1 - y0) * 12 + m1 - m0 + 1)]
 
 
 def grid_of(label: str, cfg: Config) -> LatLonGrid | RegularGrid:
@@ -170,7 +164,7 @@ def check_file(path: Path, root: Path, cfg: Config) -> list[Finding]:
             err("grid", f"{name} is on a {var.shape[-2]}x{var.shape[-1]} grid; expected {grid.nlat}x{grid.nlon} "
                         f"({label})")
         # Time: every month of the run, contiguous monthly bounds.
-        months = _months(cfg.periods.run_start, cfg.periods.run_end)
+        months = [protocol.parse_month(m) for m in protocol.months(cfg.periods.run_start, cfg.periods.run_end)]
         span = f"{months[0][0]:04d}{months[0][1]:02d}-{months[-1][0]:04d}{months[-1][1]:02d}"
         if f"{m['first']}-{m['last']}" != span:
             err("time", f"file name covers {m['first']}-{m['last']}; expected {span}")
@@ -227,11 +221,6 @@ def _sibling_or_path(exe: str) -> str | None:
 
 def _chunks(items: list, n: int = CHUNK):
     return [items[i:i + n] for i in range(0, len(items), n)]
-
-
-PREPARE_CODE = ("import ctypes, sys\n"
-                "try:\n    ctypes.CDLL('libuuid.so.1', mode=ctypes.RTLD_GLOBAL)\nexcept OSError:\n    pass\n"
-                "from cmip6_cv.PrePARE import main\nsys.argv[0] = 'PrePARE'\nmain()\n")
 
 
 def run_prepare(files: list[Path], tables: Path, python: str) -> tuple[dict[str, list[str]], int, str]:
@@ -334,10 +323,13 @@ def package_files(cfg: Config) -> set[Path]:
     return {base / name for name in (*drs.PACKAGE_FILES, drs.CHECKSUMS)}
 
 
-def validate(cfg: Config, root: str | Path, prepare_python: str, cfchecks: str | None = None,
+def validate(cfg: Config, root: str | Path, prepare_python: str | None = None, cfchecks: str | None = None,
              compliance: str | None = None, jobs: int = 2) -> dict:
+    """Check the tree at ``root``; ``prepare_python``: the interpreter with CMOR's PrePARE
+    (default: the CMOR environment's, mdiff.aimip.cmor_env)."""
     from tqdm import tqdm
 
+    prepare_python = prepare_python or cmor_python()
     root = Path(root).resolve()  # PrePARE reports absolute paths: compare like with like
     cfchecks = cfchecks or _sibling_or_path("cfchecks")
     compliance = compliance or _sibling_or_path("compliance-checker")
@@ -411,34 +403,21 @@ def report_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def add_arguments(parser) -> None:
-    add_settings_arguments(parser)
-    parser.add_argument("--root", required=True, help="root of the AI-MIP tree ({results}/aimip)")
-    parser.add_argument("--report-json", required=True)
-    parser.add_argument("--report-md", required=True)
-    parser.add_argument("--prepare-python", default=None,
-                        help="interpreter with CMOR's PrePARE (default: .venv-cmor/bin/python if present, "
-                             "else this one)")
-    parser.add_argument("--cfchecks", default=None, help="cfchecks executable (default: beside python, or PATH)")
-    parser.add_argument("--compliance-checker", default=None, help="compliance-checker executable")
-    parser.add_argument("--jobs", type=int, default=2, help="checkers run at once")
-
-
-def main(args) -> int:
+def write_report(cfg: Config, root: str | Path, report_json: str | Path, report_md: str | Path,
+                 **options) -> dict:
+    """Validate (``options``: those of ``validate``), write report.json and report.md, and
+    print the errors to stderr; returns the report."""
     from mdiff.fileio import atomic_path, write_json
 
-    cfg = load_settings(args)
-    python = args.prepare_python or (".venv-cmor/bin/python" if os.path.exists(".venv-cmor/bin/python")
-                                     else sys.executable)
-    report = validate(cfg, args.root, python, args.cfchecks, args.compliance_checker, args.jobs)
-    write_json(args.report_json, report)
-    with atomic_path(args.report_md) as tmp:
+    report = validate(cfg, root, **options)
+    write_json(report_json, report)
+    with atomic_path(report_md) as tmp:
         tmp.write_text(report_markdown(report))
     if report["passed"]:
         log.info("validation passed: %d files, %d warnings", report["files"], len(report["warnings"]))
-        return 0
+        return report
     print(f"mdiff validate: {len(report['errors'])} error(s) in {len(report['failed_files'])} file(s) "
-          f"(report: {args.report_md})", file=sys.stderr)
+          f"(report: {report_md})", file=sys.stderr)
     for f in report["errors"][:200]:
         print(f"  {f['file']}: {f['check']}: {f['message']}", file=sys.stderr)
-    return 1
+    return report

@@ -1,25 +1,22 @@
-"""The declarative map from rollout variables to AI-MIP variables (``variables.yaml``).
+"""The map from rollout variables to AI-MIP variables, derived from the variable table
+(``Channel.cmip`` of mdiff.variables): one entry per CMIP variable, written by one generic
+writer (mdiff.aimip.cmorize).
 
 Conversions are small named functions of numpy arrays; each input array carries the
-units of ``mdiff.variables`` and the result carries the map's ``units``.
+units of ``mdiff.variables`` and the result carries the CMIP variable's ``units``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
-from pathlib import Path
 
 import numpy as np
-import yaml
 
 from mdiff import variables as V
-from mdiff.aimip.tables import LEVEL_AXES, LEVEL_AXIS
+from mdiff.aimip.tables import LEVEL_AXES, LEVEL_AXIS, single_level_axis, table_units
+from mdiff.protocol import G0
 
-MAP_FILE = Path(__file__).with_name("variables.yaml")
-
-G0 = 9.80665  # standard gravity, m s-2 (WMO): geopotential height = geopotential / g0
 # Saturation vapour pressure over water, Tetens form with Buck's (1981) constants as in
 # the ECMWF IFS (Cy47r3, Part IV, eq. 7.5): e = a1 exp(a3 (Td - T0) / (Td - a4)).
 SVP_A1_PA = 611.21
@@ -63,15 +60,7 @@ class VarSpec:
     sources: tuple[str, ...]  # rollout variables
     conversion: str
     units: str
-    level: str | None = None  # level axis of a single-level field (e.g. zg: plev1aimip)
-
-    @property
-    def level_axis(self) -> str | None:
-        """CMOR level axis: ``level`` if given, the 7-level axis for pressure-level families,
-        None for 2-D fields."""
-        if self.level:
-            return self.level
-        return LEVEL_AXIS if self.sources[0] in V.PRESSURE_VARIABLES else None
+    level_axis: str | None = None  # CMOR level axis; None for 2-D fields
 
     @property
     def has_plev(self) -> bool:
@@ -91,34 +80,47 @@ class VariableMapError(ValueError):
     user_facing = True
 
 
-@cache
-def load_variable_map(path: str | Path = MAP_FILE) -> dict[str, VarSpec]:
-    """Parse and check the map: sources are rollout variables, conversions exist."""
-    with open(path) as f:
-        raw = yaml.safe_load(f)
+def _spec(ch: V.Channel, check_table: bool) -> VarSpec:
+    """The AI-MIP variable of ``ch``'s rollout variable (``check_table``: its units checked
+    against the committed CMOR table)."""
+    cmip = ch.cmip
+    where = f"mdiff.variables: channel {ch.name} (CMIP {cmip.name})"
     known = set(V.variables(V.STATE))
-    out = {}
-    for name, entry in raw.items():
-        where = f"{path}: {name}"
-        extra = set(entry) - {"from", "conversion", "units", "level"}
-        if extra:
-            raise VariableMapError(f"{where}: unknown key(s) {sorted(extra)}")
-        sources = tuple(entry["from"])
-        bad = [s for s in sources if s not in known]
-        if bad:
-            raise VariableMapError(f"{where}: {bad} are not rollout variables; known: {sorted(known)}")
-        if entry["conversion"] not in CONVERSIONS:
-            raise VariableMapError(f"{where}: conversion {entry['conversion']!r} unknown; "
-                                   f"expected one of {sorted(CONVERSIONS)}")
-        spec = VarSpec(name, sources, entry["conversion"], str(entry["units"]), entry.get("level"))
-        if spec.level is not None and spec.level not in LEVEL_AXES:
-            raise VariableMapError(f"{where}: level {spec.level!r} unknown; expected one of {sorted(LEVEL_AXES)}")
-        if spec.conversion == "identity":
-            src_units = source_units(sources[0])
-            if src_units != spec.units:
-                raise VariableMapError(f"{where}: identity map from {sources[0]} ({src_units}) "
-                                       f"cannot produce units {spec.units!r}")
-        out[name] = spec
+    sources = (ch.variable, *cmip.also_from)
+    bad = [s for s in sources if s not in known]
+    if bad:
+        raise VariableMapError(f"{where}: {bad} are not rollout variables; known: {sorted(known)}")
+    if cmip.conversion not in CONVERSIONS:
+        raise VariableMapError(f"{where}: conversion {cmip.conversion!r} unknown; expected one of "
+                               f"{sorted(CONVERSIONS)} (mdiff.aimip.varmap)")
+    units = cmip.units or ch.units
+    if cmip.conversion == "identity" and units != ch.units:
+        raise VariableMapError(f"{where}: identity map from {ch.variable} ({ch.units}) cannot produce units {units!r}")
+    if check_table:
+        try:
+            expected = table_units(cmip.name)
+        except KeyError:
+            raise VariableMapError(f"{where}: no entry {cmip.name!r} in the AI-MIP CMOR table; add it "
+                                   "(mdiff/aimip/derive_tables.py; docs/variables.md)") from None
+        if units != expected:
+            raise VariableMapError(f"{where}: units {units!r}, but the CMOR table says {expected!r}")
+    if ch.variable in V.PRESSURE_VARIABLES:
+        axis = LEVEL_AXIS
+    elif ch.level_hpa is not None:  # one level (zg at 500 hPa): a plev dimension of length 1
+        axis = single_level_axis(ch.level_hpa)
+    else:
+        axis = None
+    return VarSpec(cmip.name, sources, cmip.conversion, units, axis)
+
+
+def load_variable_map(check_table: bool = True) -> dict[str, VarSpec]:
+    """{AI-MIP variable: how it is made}, in table order, for every state channel with a CMIP
+    variable (a pressure family's channels share one). ``check_table``: each must have the
+    CMOR table's units (off only while deriving the tables)."""
+    out: dict[str, VarSpec] = {}
+    for ch in V.STATE:
+        if ch.cmip is not None and ch.cmip.name not in out:
+            out[ch.cmip.name] = _spec(ch, check_table)
     return out
 
 

@@ -30,7 +30,6 @@ from .prepared import PreparedDataError
 
 # SST may be undefined only where some land is: a NaN in a cell without land is bad data.
 OPEN_OCEAN_LSM = 1e-6
-OCEAN_FORCING = (V.channel("sst"), V.channel("siconc"))
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -153,8 +152,8 @@ def check_forcing_dataset(ds, where: str, grid: LatLonGrid, lsm: np.ndarray | No
                           lsm_source: str = "the statics") -> np.ndarray:
     """SST and sea ice of a prepared dataset, checked; returns them (T, 2, H, W), NaN over land."""
     times = P.times_of(ds) if "time" in ds.coords else None
-    x = P.dataset_to_channels(ds, OCEAN_FORCING, where, allow_nan=True)
-    check_plausible(x, OCEAN_FORCING, where, times=times, lat=grid.lat, lon=grid.lon)
+    x = P.dataset_to_channels(ds, V.PREPARED_FORCING, where, allow_nan=True)
+    check_plausible(x, V.PREPARED_FORCING, where, times=times, lat=grid.lat, lon=grid.lon)
     if lsm is not None:
         check_open_ocean(x[..., 0, :, :], x[..., 1, :, :], lsm, where, lsm_source, times=times,
                          lat=grid.lat, lon=grid.lon)

@@ -24,7 +24,6 @@ from mdiff.grid import LatLonGrid
 
 log = logging.getLogger(__name__)
 
-SST_VARIABLES = (V.channel("sst"), V.channel("siconc"))
 
 
 def _read_months(path: Path, grid: LatLonGrid, wanted: set) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -37,7 +36,7 @@ def _read_months(path: Path, grid: LatLonGrid, wanted: set) -> tuple[np.ndarray,
     ds = ds.isel(time=np.flatnonzero(keep))
     state = P.dataset_to_channels(ds, V.STATE, source=str(path))
     # SST and sea ice are NaN over land by contract
-    ocean = P.dataset_to_channels(ds, SST_VARIABLES, source=str(path), allow_nan=True)
+    ocean = P.dataset_to_channels(ds, V.PREPARED_FORCING, source=str(path), allow_nan=True)
     return months[keep], state, ocean
 
 

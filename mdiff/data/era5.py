@@ -22,7 +22,6 @@ a regular global latitude-longitude grid, every month of the year that is needed
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import logging
@@ -35,11 +34,12 @@ import numpy as np
 import xarray as xr
 
 from mdiff import variables as V
+from mdiff.config import Era5Config
 from mdiff.data.prepared import PreparedDataError, month_range
 
 log = logging.getLogger(__name__)
 
-INVARIANT = "invariant"
+INVARIANT = V.ERA5_INVARIANT
 PRODUCT_TYPE = "monthly_averaged_reanalysis"
 
 # Names that ERA5 files use besides the table's short name (the new CDS writes some
@@ -50,44 +50,25 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "siconc": ("ci",),
 }
 
-# Unit spellings found in ERA5 / CF files, per table unit. A value outside these is an error.
+# Unit spellings found in ERA5 / CF files besides the table's own and ERA5's ``**`` exponents
+# (``m**2 s**-2`` for ``m2 s-2``), per table unit. A value outside these is an error.
 UNIT_SPELLINGS: dict[str, tuple[str, ...]] = {
-    "K": ("K", "kelvin"),
-    "1": ("1", "kg kg**-1", "kg kg-1", "kg/kg", "(0 - 1)", "0-1", "~", "dimensionless", "fraction", ""),
-    "m s-1": ("m s**-1", "m s-1", "m/s"),
-    "m2 s-2": ("m**2 s**-2", "m2 s-2", "m^2/s^2"),
-    "Pa": ("Pa",),
-    "kg m-2 s-1": ("kg m**-2 s**-1", "kg m-2 s-1"),
-    "m": ("m",),
-    "radians": ("radians", "rad", "radian"),
+    "K": ("kelvin",),
+    "1": ("kg kg-1", "kg/kg", "(0 - 1)", "0-1", "~", "dimensionless", "fraction", ""),
+    "m s-1": ("m/s",),
+    "m2 s-2": ("m^2/s^2",),
+    "radians": ("rad", "radian"),
 }
+
+
+def unit_spellings(units: str) -> tuple[str, ...]:
+    """Spellings of the table's ``units`` that files may use (ERA5's ``**`` exponents aside)."""
+    return (units, *UNIT_SPELLINGS.get(units, ()))
+
 
 # -------------------------------------------------------------------------- the groups
 
-
-def _build_groups() -> dict[str, tuple[str, tuple[V.Channel, ...], tuple[int, ...]]]:
-    """group -> (CDS data set, channels, pressure levels in hPa) from the variable table."""
-    groups: dict[str, tuple[str, list[V.Channel], tuple[int, ...]]] = {}
-    levels_of: dict[str, list[int]] = {}
-    for ch in V.STATE + V.FORCING:
-        if ch.era5_dataset == V.ERA5_PRESSURE_LEVELS:
-            levels_of.setdefault(ch.era5_name, []).append(ch.level_hpa)
-    for ch in V.STATE + V.FORCING + V.STATIC:
-        if not ch.era5_dataset:
-            continue  # derived channel (sst_undefined)
-        if ch.role == "static":
-            name, levels = INVARIANT, ()
-        elif ch.era5_dataset == V.ERA5_PRESSURE_LEVELS:
-            levels = tuple(sorted(levels_of[ch.era5_name], reverse=True))
-            all_levels = tuple(sorted(V.PRESSURE_LEVELS_HPA, reverse=True))
-            name = "pressure" if levels == all_levels else "pressure_" + "_".join(map(str, levels))
-        else:
-            name, levels = "single", ()
-        groups.setdefault(name, (ch.era5_dataset, [], levels))[1].append(ch)
-    return {k: (ds, tuple(chs), lv) for k, (ds, chs, lv) in groups.items()}
-
-
-GROUPS = _build_groups()
+GROUPS = V.ERA5_GROUPS  # group -> (CDS data set, channels, levels), from the variable table
 YEARLY_GROUPS: tuple[str, ...] = tuple(g for g in GROUPS if g != INVARIANT)
 
 
@@ -173,10 +154,10 @@ def level_hpa(ds: xr.Dataset, where: str) -> np.ndarray:
 def check_units(units: str | None, ch: V.Channel, name: str, where: str) -> None:
     if units is None:
         return  # files without units attributes are taken at their word
-    if units.strip() not in UNIT_SPELLINGS.get(ch.units, (ch.units,)):
+    if units.strip().replace("**", "") not in unit_spellings(ch.units):
         raise PreparedDataError(
             f"{where}: variable {name!r} (channel {ch.name}) has units {units!r}; expected {ch.units!r} "
-            f"(accepted spellings: {list(UNIT_SPELLINGS.get(ch.units, (ch.units,)))})"
+            f"(accepted spellings: {list(unit_spellings(ch.units))}, exponents also as **)"
         )
 
 
@@ -340,7 +321,7 @@ def fetch_cds(group: str, year: int, months: list[int], target: str | os.PathLik
 def _unzip_to_netcdf(target: Path, identity: dict) -> dict:
     """The CDS zips results whose fields differ in GRIB step type: merge them into one file."""
     from mdiff.data import forcing
-    from mdiff.fileio import atomic_path, write_json
+    from mdiff.fileio import atomic_path, sha256_file, write_json
 
     with zipfile.ZipFile(target) as zf, _tempdir(target.parent) as tmp:
         names = [n for n in zf.namelist() if n.endswith(".nc")]
@@ -351,7 +332,7 @@ def _unzip_to_netcdf(target: Path, identity: dict) -> dict:
         merged = xr.merge(parts, compat="override", join="outer")
         with atomic_path(target) as out:
             merged.to_netcdf(out, format="NETCDF4")
-    record = {"identity": identity, "size": target.stat().st_size, "sha256": forcing.sha256_of(target),
+    record = {"identity": identity, "size": target.stat().st_size, "sha256": sha256_file(target),
               "unzipped_from": names, "fetched": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_json(forcing.sidecar_path(target), record)
     return record
@@ -383,21 +364,6 @@ def local_files(pattern: str, year: int | None, group: str) -> list[str]:
     return files
 
 
-# ---------------------------------------------------------------------------- command
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from mdiff.cli import add_settings_arguments
-
-    add_settings_arguments(parser)
-    parser.add_argument("--group", required=True, choices=list(GROUPS))
-    parser.add_argument("--months", nargs=2, metavar=("FIRST", "LAST"), required=True,
-                        help="months YYYY-MM to fetch, within one year (invariant: the first is used)")
-    parser.add_argument("--files", nargs="*", help="source local: the files to check")
-    parser.add_argument("--output", required=True,
-                        help="cds: the NetCDF file to write; local: the JSON check record")
-
-
 def months_arg(first: str, last: str) -> np.ndarray:
     """Months first..last (YYYY-MM), which must lie within one year."""
     months = month_range(first, last)
@@ -406,27 +372,26 @@ def months_arg(first: str, last: str) -> np.ndarray:
     return months
 
 
-def main(args: argparse.Namespace) -> int:
-    from mdiff.cli import load_settings
+def fetch_group(era5: Era5Config, group: str, first: str, last: str, output: str | os.PathLike,
+                files: list[str] | None = None) -> dict:
+    """What `mdiff fetch-era5` does for one group and the months first..last of one year:
+    ``era5.source`` cds: the CDS request, downloaded to ``output``; local: the files (given,
+    or matched by ``era5.local_patterns``) checked, the check record written to ``output``."""
     from mdiff.fileio import write_json
 
-    era5 = load_settings(args).era5
-    months = months_arg(*args.months)
-    year = int(args.months[0][:4])
+    months = months_arg(first, last)
+    year = int(first[:4])
     numbers = [int(m) for m in (months.astype(int) % 12) + 1]
-    if args.group == INVARIANT:
+    if group == INVARIANT:
         months, numbers = months[:1], numbers[:1]
     if era5.source == "cds":
-        fetch_cds(args.group, year, numbers, args.output, max_retries=era5.max_retries,
-                  backoff_s=era5.retry_backoff_s)
-        return 0
-    files = args.files
+        return fetch_cds(group, year, numbers, output, max_retries=era5.max_retries, backoff_s=era5.retry_backoff_s)
     if not files:
-        pattern = era5.local_patterns.get(args.group)
+        pattern = era5.local_patterns.get(group)
         if pattern is None:
-            raise PreparedDataError(f"era5.local_patterns has no pattern for group {args.group!r}")
-        files = local_files(pattern, None if args.group == INVARIANT else year, args.group)
-    record = check_raw(files, args.group, None if args.group == INVARIANT else months)
-    write_json(args.output, record)
-    log.info("%s %s: %d file(s) checked", args.group, year, len(files))
-    return 0
+            raise PreparedDataError(f"era5.local_patterns has no pattern for group {group!r}")
+        files = local_files(pattern, None if group == INVARIANT else year, group)
+    record = check_raw(files, group, None if group == INVARIANT else months)
+    write_json(output, record)
+    log.info("%s %s: %d file(s) checked", group, year, len(files))
+    return record

@@ -15,8 +15,6 @@ fetched again.
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 import logging
 import os
@@ -27,11 +25,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from mdiff.fileio import write_json
+from mdiff.config import Era5Config
+from mdiff.fileio import sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 20  # for hashing
 # Read in small blocks: what arrived before a cut is on disk and is not asked for again.
 READ_BLOCK = 1 << 14
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
@@ -42,14 +40,6 @@ class DownloadError(ValueError):
     (a ValueError with user_facing set, so `mdiff` prints it as one clear line)."""
 
     user_facing = True
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def sidecar_path(target: str | os.PathLike) -> Path:
@@ -151,7 +141,7 @@ def download(url: str, target: str | os.PathLike, *, identity: dict | None = Non
             log.warning("%s: %s; retry %d/%d in %.1f s (resuming at byte %d)", url, err, attempt,
                         max_retries, wait, part.stat().st_size if part.exists() else 0)
             sleep(wait)
-    digest = sha256_of(part)
+    digest = sha256_file(part)
     if expected_sha256 and digest != expected_sha256.lower():
         bad = part.with_suffix(".bad")
         os.replace(part, bad)
@@ -200,23 +190,10 @@ def monthly_means_from_start_of_month(values: np.ndarray, starts: np.ndarray,
     return out
 
 
-# ---------------------------------------------------------------------------- command
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from mdiff.cli import add_settings_arguments
-
-    add_settings_arguments(parser)
-    parser.add_argument("--output", required=True, help="where the AI-MIP forcing file goes")
-
-
-def main(args: argparse.Namespace) -> int:
-    from mdiff.cli import load_settings
-
-    cfg = load_settings(args).era5
-    identity = {"url": cfg.forcing_url}
-    if not cfg.forcing_sha256:
+def fetch_aimip_forcing(era5: Era5Config, output: str | os.PathLike) -> dict:
+    """What `mdiff fetch-forcing` does: the AI-MIP file of ``era5.forcing_url``, resumable,
+    checked against ``era5.forcing_sha256`` (only recorded when that is empty)."""
+    if not era5.forcing_sha256:
         log.warning("era5.forcing_sha256 is empty: the file is not verified, only recorded")
-    download(cfg.forcing_url, args.output, identity=identity, expected_sha256=cfg.forcing_sha256,
-             max_retries=cfg.max_retries, backoff_s=cfg.retry_backoff_s)
-    return 0
+    return download(era5.forcing_url, output, identity={"url": era5.forcing_url}, expected_sha256=era5.forcing_sha256,
+                    max_retries=era5.max_retries, backoff_s=era5.retry_backoff_s)

@@ -32,26 +32,33 @@ from mdiff import variables as V
 Mode = Literal["anomaly", "global"]
 
 
+def _logit(x: np.ndarray) -> np.ndarray:
+    p = np.clip(x, V.LOGIT_EPS, 1.0 - V.LOGIT_EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+# transform -> (forward, inverse); sqrt: ERA5 humidity/precipitation can be a hair below 0
+# after interpolation
+TRANSFORMS = {
+    "none": (lambda x: x, lambda y: y),
+    "sqrt": (lambda x: np.sqrt(np.maximum(x, 0.0)), lambda y: np.square(np.maximum(y, 0.0))),
+    "logit": (_logit, lambda y: 1.0 / (1.0 + np.exp(-y))),
+}
+
+
+def _pair(transform: str):
+    try:
+        return TRANSFORMS[transform]
+    except KeyError:
+        raise ValueError(f"unknown transform {transform!r}") from None
+
+
 def forward_transform(x: np.ndarray, transform: str) -> np.ndarray:
-    if transform == "none":
-        return x
-    if transform == "sqrt":
-        # ERA5 humidity/precipitation can be a hair below 0 after interpolation
-        return np.sqrt(np.maximum(x, 0.0))
-    if transform == "logit":
-        p = np.clip(x, V.LOGIT_EPS, 1.0 - V.LOGIT_EPS)
-        return np.log(p) - np.log1p(-p)
-    raise ValueError(f"unknown transform {transform!r}")
+    return _pair(transform)[0](x)
 
 
 def inverse_transform(y: np.ndarray, transform: str) -> np.ndarray:
-    if transform == "none":
-        return y
-    if transform == "sqrt":
-        return np.square(np.maximum(y, 0.0))
-    if transform == "logit":
-        return 1.0 / (1.0 + np.exp(-y))
-    raise ValueError(f"unknown transform {transform!r}")
+    return _pair(transform)[1](y)
 
 
 @dataclass(frozen=True)
@@ -81,7 +88,7 @@ class Normalizer:
 
     def with_mode(self, mode: Mode) -> Normalizer:
         if mode == "anomaly":
-            lacking = [n for n in (*V.STATE_NAMES, "sst", "siconc")
+            lacking = [n for n in (*V.STATE_NAMES, *(c.name for c in V.PREPARED_FORCING))
                        if n not in self.climatology or self.stats[n].anomaly_std is None]
             if lacking:
                 raise ValueError(f"normalisation statistics have no monthly climatology for {lacking[:4]}; "

@@ -21,11 +21,8 @@ contract equals the synthetic world's.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -33,6 +30,7 @@ import numpy as np
 import xarray as xr
 from tqdm import tqdm
 
+from mdiff import cdo
 from mdiff import variables as V
 from mdiff.data import checks
 from mdiff.data import era5 as E
@@ -45,7 +43,6 @@ log = logging.getLogger(__name__)
 
 NORMS = {"conservative_normalised": "fracarea", "conservative": "destarea"}
 OPEN_OCEAN_LSM = checks.OPEN_OCEAN_LSM  # SST may be undefined only where some land is
-FORCING_CHANNELS = (V.channel("sst"), V.channel("siconc"))
 
 
 class RegridError(PreparedDataError):
@@ -63,16 +60,7 @@ def gridfile_text(grid: LatLonGrid) -> str:
 
 def run_cdo(args: list[str], norm: str, where: str) -> None:
     """Run ``cdo`` with a remap normalisation; a failure names the file and shows CDO's words."""
-    exe = shutil.which("cdo")
-    if exe is None:
-        raise RegridError("the `cdo` program is not installed (apt-get install cdo; see docs/real-data.md)")
-    env = {**os.environ, "CDO_REMAP_NORM": norm}
-    proc = subprocess.run([exe, "-s", *args], env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        # CDO and the HDF5 library print much noise: keep the lines that say something.
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith((" ", "HDF5-DIAG"))]
-        raise RegridError(f"{where}: cdo {' '.join(args)} failed (exit {proc.returncode}): "
-                          + " | ".join(lines[-5:]))
+    cdo.run(*args, env={"CDO_REMAP_NORM": norm}, where=where, error=RegridError)
 
 
 def _first_field(path: str, where: str) -> str:
@@ -231,7 +219,7 @@ PLAUSIBLE_SLACK = 1e-4
 def _check_forcing(sst: np.ndarray, siconc: np.ndarray, where: str, months, grid: LatLonGrid) -> None:
     """SST and sea ice on the model grid, before masking and clipping: plausible where defined
     (a fill value stored without _FillValue, degC or percent would otherwise pass through)."""
-    checks.check_plausible(np.stack([sst, siconc], axis=1), FORCING_CHANNELS, f"{where} (regridded)",
+    checks.check_plausible(np.stack([sst, siconc], axis=1), V.PREPARED_FORCING, f"{where} (regridded)",
                            times=months, lat=grid.lat, lon=grid.lon, slack=PLAUSIBLE_SLACK)
 
 
@@ -277,7 +265,7 @@ def prepare_state_year(raw: list[str], first: str, last: str, grid: LatLonGrid,
     lsm = _lsm(statics, grid)
     where = ", ".join(raw)
     with tempfile.TemporaryDirectory() as tmp:
-        fields = remap_channels(raw, V.STATE + FORCING_CHANNELS, grid, weights, months, Path(tmp))
+        fields = remap_channels(raw, V.STATE + V.PREPARED_FORCING, grid, weights, months, Path(tmp))
     for ch in V.STATE:
         _require_finite(fields[ch.name], ch, where)
     state = np.stack([fields[c.name] for c in V.STATE], axis=1)
@@ -287,7 +275,7 @@ def prepare_state_year(raw: list[str], first: str, last: str, grid: LatLonGrid,
     sst, ice = mask_ocean_forcing(fields["sst"], fields["siconc"], lsm, where)
     ds = P.skeleton(grid, months, _attrs(f"state {year}", raw))
     ds = P.channels_to_dataset(state, V.STATE, ds)
-    ds = P.channels_to_dataset(np.stack([sst, ice], axis=1), FORCING_CHANNELS, ds)
+    ds = P.channels_to_dataset(np.stack([sst, ice], axis=1), V.PREPARED_FORCING, ds)
     P.write(ds, output)
     log.info("wrote %s (%d months)", output, months.size)
 
@@ -300,15 +288,15 @@ def prepare_forcing(aimip: str, first: str, last: str, grid: LatLonGrid,
     if months.size == 0:
         raise RegridError(f"--months {first} {last}: first month is after the last")
     lsm = _lsm(statics, grid)
-    found, _ = E.locate([aimip], FORCING_CHANNELS, None)
-    names = [found[c.name][1] for c in FORCING_CHANNELS]
+    found, _ = E.locate([aimip], V.PREPARED_FORCING, None)
+    names = [found[c.name][1] for c in V.PREPARED_FORCING]
     with tempfile.TemporaryDirectory() as tmp:
         # One remapcon call: CDO makes the weights (for the SST mask) once for all months.
         ds = remap(aimip, names, grid, None, NORMS["conservative_normalised"], Path(tmp))
     tname = E.coord_name(ds, E.TIME_NAMES)
     starts = np.asarray(ds[tname].values)
     fields = {}
-    for ch, name in zip(FORCING_CHANNELS, names, strict=True):
+    for ch, name in zip(V.PREPARED_FORCING, names, strict=True):
         E.check_units(ds[name].attrs.get("units"), ch, name, aimip)
         values = np.asarray(ds[name].transpose(tname, "lat", "lon").values, dtype=np.float64)
         fields[ch.name] = monthly_means_from_start_of_month(values, starts, months, aimip)
@@ -317,47 +305,6 @@ def prepare_forcing(aimip: str, first: str, last: str, grid: LatLonGrid,
     ds_out = P.skeleton(grid, months, {**_attrs("inference forcing", [aimip]),
                                        "title": "mdiff prepared forcing: AI-MIP SST and sea ice as monthly "
                                                 "means (mean of the two bounding start-of-month values)"})
-    ds_out = P.channels_to_dataset(np.stack([sst, ice], axis=1), FORCING_CHANNELS, ds_out)
+    ds_out = P.channels_to_dataset(np.stack([sst, ice], axis=1), V.PREPARED_FORCING, ds_out)
     P.write(ds_out, output)
     log.info("wrote %s (%d months)", output, months.size)
-
-
-# ---------------------------------------------------------------------------- command
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from mdiff.cli import add_settings_arguments
-
-    add_settings_arguments(parser)
-    parser.add_argument("what", choices=["weights", "statics", "state", "forcing"])
-    parser.add_argument("--raw", nargs="+", help="raw input file(s): invariants / a year's ERA5 files / AI-MIP")
-    parser.add_argument("--months", nargs=2, metavar=("FIRST", "LAST"),
-                        help="state: months YYYY-MM of one year; forcing: the run period")
-    parser.add_argument("--weights", nargs=2, metavar=("FRACAREA", "DESTAREA"),
-                        help="weights files (normalised, plain); for `weights`: the files to write")
-    parser.add_argument("--statics", help="state/forcing: the prepared statics (land fraction)")
-    parser.add_argument("--output", help="the prepared file to write")
-
-
-def main(args: argparse.Namespace) -> int:
-    from mdiff.cli import load_settings
-
-    cfg = load_settings(args)
-    grid = LatLonGrid(cfg.grid.nlat, cfg.grid.nlon)
-    need = {"weights": ("raw", "weights"), "statics": ("raw", "weights", "output"),
-            "state": ("raw", "months", "weights", "statics", "output"),
-            "forcing": ("raw", "months", "statics", "output")}[args.what]
-    missing = [f"--{n}" for n in need if getattr(args, n) is None]
-    if missing:
-        raise RegridError(f"mdiff regrid {args.what}: missing {' '.join(missing)}")
-    weights = dict(zip(("fracarea", "destarea"), args.weights, strict=True)) if args.weights else None
-    if args.what == "weights":
-        for norm, path in weights.items():
-            make_weights(args.raw[0], grid, path, norm)
-    elif args.what == "statics":
-        prepare_statics(args.raw, grid, weights, args.output)
-    elif args.what == "state":
-        prepare_state_year(args.raw, *args.months, grid, weights, args.statics, args.output)
-    else:
-        prepare_forcing(args.raw[0], *args.months, grid, args.statics, args.output)
-    return 0

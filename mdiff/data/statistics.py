@@ -96,7 +96,7 @@ def compute_statistics(state_files, statics_file, grid: LatLonGrid, period: list
     # every month of the period once, plausible values, SST defined over open ocean
     checks.check_state_files(state_files, grid, period, statics_file)
     first, last = (P.parse_month(m) for m in period)
-    dynamic = V.STATE + V.FORCING[:2]  # sst, siconc from the training-time (ERA5 monthly-mean) forcing
+    dynamic = V.STATE + V.PREPARED_FORCING  # sst, siconc from the training-time (ERA5 monthly-mean) forcing
     moments = _Moments(len(dynamic))
     monthly = _MonthlyClimatology(len(dynamic), grid.shape)
     n_months, used = 0, []
@@ -107,7 +107,7 @@ def compute_statistics(state_files, statics_file, grid: LatLonGrid, period: list
             continue
         ds = ds.isel(time=np.flatnonzero(keep))
         state = P.dataset_to_channels(ds, V.STATE, path)
-        forcing = P.dataset_to_channels(ds, V.FORCING[:2], path, allow_nan=True)  # NaN over land
+        forcing = P.dataset_to_channels(ds, V.PREPARED_FORCING, path, allow_nan=True)  # NaN over land
         x = _transformed(np.concatenate([state, forcing], axis=1), dynamic)
         moments.add(x, grid.area_weights)
         monthly.add(x, P.month_of_year(P.times_of(ds)))
@@ -194,23 +194,3 @@ def _safe_std(s: float, name: str) -> float:
         log.warning("channel %s is constant over the statistics period: std set to 1", name)
         return 1.0
     return float(s)
-
-
-def add_arguments(parser) -> None:
-    from mdiff.cli import add_settings_arguments
-
-    add_settings_arguments(parser)
-    parser.add_argument("--state", nargs="+", required=True, help="prepared state files (per year)")
-    parser.add_argument("--statics", required=True, help="prepared statics file")
-    parser.add_argument("--output", required=True, help="statistics file to write (stats/normalization.nc)")
-
-
-def main(args) -> None:
-    from mdiff.cli import load_settings
-
-    cfg = load_settings(args)
-    grid = LatLonGrid(cfg.grid.nlat, cfg.grid.nlon)
-    stats = compute_statistics(args.state, args.statics, grid, cfg.periods.stats)
-    write_statistics(args.output, stats, grid)
-    log.info("statistics over %s (%d months, %d files) -> %s", cfg.periods.stats, stats["months"],
-             len(stats["files"]), args.output)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,16 +41,17 @@ import xarray as xr
 
 from mdiff import variables as V
 from mdiff.grid import LatLonGrid
+from mdiff.protocol import ANALYSIS, G0, SST_OFFSET_K, WARMED
 
 from . import prepared as P
 
 log = logging.getLogger(__name__)
 
-G0 = 9.80665  # m s-2
 FREEZING_K = 271.35  # sea water freezing point
 SECONDS_PER_DAY = 86400.0
-EXPERIMENT_OFFSETS = {"aimip-p2k": 2.0, "aimip-p4k": 4.0}
-ANALYSIS = ("1979-01", "2024-12")
+EXPERIMENT_OFFSETS = {e: SST_OFFSET_K[e] for e in WARMED}  # the warmed runs' SST offsets (K)
+# Variables of the forcing file the world writes, in the table's order (sst, siconc).
+FORCING_VARIABLES = V.variables(V.PREPARED_FORCING)
 N_PATTERNS = 24  # coherent noise modes per field family
 N_DECADAL = 4  # slow large-scale SST modes (PDO/AMO-like and a near-uniform one)
 LAND_REACH_DEG = 20.0  # angular scale of the ocean that land feels (L)
@@ -369,11 +371,27 @@ class SyntheticWorld:
         pr = p_mmday * np.exp(0.03 * surface_anomaly + pr_noise - 0.5 * 0.35**2) / SECONDS_PER_DAY
 
         ocean = geo.ocean
-        return {
+        fields = {
             "ta": ta, "hus": hus, "ua": ua, "va": va, "z500": z500, "ps": ps, "ts": ts, "tas": tas,
             "tdas": tdas, "uas": uas, "vas": vas, "pr": pr, "psl": psl,
             "sst": np.where(ocean, sst, np.nan), "siconc": np.where(ocean, ice, np.nan),
         }
+        for variable, generate in GENERATORS.items():
+            fields[variable] = generate(self, fields, sl)
+        missing = [v for v in V.variables(V.STATE) + FORCING_VARIABLES if v not in fields]
+        if missing:
+            raise KeyError(f"synthetic world: no generator for variable(s) {missing} of the variable table; "
+                           "add one to mdiff.data.synthetic.GENERATORS (docs/variables.md)")
+        return fields
+
+
+# Generators of table variables that ``SyntheticWorld.block`` does not make itself:
+# variable -> generate(world, fields, months) -> (T, lat, lon) values (pressure families:
+# (T, plev, lat, lon)) in the table's units, from the fields of the same months made before it
+# (physical units; ``months`` is the block's slice of ``world.months``). Adding a state
+# variable: docs/variables.md.
+Generator = Callable[[SyntheticWorld, dict[str, np.ndarray], slice], np.ndarray]
+GENERATORS: dict[str, Generator] = {}
 
 
 def saturation_specific_humidity(t_k: np.ndarray, p_pa: float) -> np.ndarray:
@@ -399,7 +417,7 @@ def _stack_state(fields: dict[str, np.ndarray]) -> np.ndarray:
 def state_dataset(grid: LatLonGrid, months: np.ndarray, fields: dict, attrs: dict,
                   with_forcing: bool = True) -> xr.Dataset:
     ds = P.skeleton(grid, months, attrs)
-    names = V.variables(V.STATE) + (("sst", "siconc") if with_forcing else ())
+    names = V.variables(V.STATE) + (FORCING_VARIABLES if with_forcing else ())
     for name in names:
         ds[name] = P.variable_array(name, fields[name])
     return ds
@@ -424,7 +442,7 @@ def _time_mean(world: SyntheticWorld, drivers: dict, offset: float, idx: np.ndar
     for start in range(0, len(idx), 60):
         block = world.block(slice(idx[start], idx[min(start + 60, len(idx)) - 1] + 1), drivers, offset)
         for k, v in block.items():
-            if k in ("sst", "siconc"):
+            if k in FORCING_VARIABLES:
                 continue
             sums[k] = sums.get(k, 0.0) + v.sum(axis=0)
     return {k: v / len(idx) for k, v in sums.items()}
@@ -449,9 +467,9 @@ def write_world(grid: LatLonGrid, first: str, last: str, seed: int, realizations
         idx = np.flatnonzero(years == year)
         fields = world.block(slice(idx[0], idx[-1] + 1), drivers0, sst_offset)
         P.write(state_dataset(grid, months[idx], fields, attrs), prepared_dir / "state" / f"{year}.nc")
-        forcing_parts.append(np.stack([fields["sst"], fields["siconc"]], axis=1).astype(np.float32))
+        forcing_parts.append(np.stack([fields[v] for v in FORCING_VARIABLES], axis=1).astype(np.float32))
     ds = P.skeleton(grid, months, {**attrs, "forcing_meaning": "monthly means"})
-    ds = P.channels_to_dataset(np.concatenate(forcing_parts), V.FORCING[:2], ds)
+    ds = P.channels_to_dataset(np.concatenate(forcing_parts), V.PREPARED_FORCING, ds)
     P.write(ds, prepared_dir / "forcing.nc")
     timings = {"world": time.perf_counter() - t0}
     if truth_dir is not None:
@@ -524,28 +542,3 @@ def write_truth(world: SyntheticWorld, drivers0: dict, realizations: int, sst_of
         fields = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         P.write(state_dataset(grid, months, fields, _attrs(world.seed, r, sst_offset), with_forcing=False),
                 truth_dir / "realizations" / f"r{r}.nc")
-
-
-# ------------------------------------------------------------------------------ CLI
-
-
-def add_arguments(parser) -> None:
-    from mdiff.cli import add_settings_arguments
-
-    add_settings_arguments(parser)
-    parser.add_argument("--prepared", required=True, help="output folder of the prepared files")
-    parser.add_argument("--truth", help="output folder of the truth files (omit to skip them)")
-
-
-def main(args) -> None:
-    from mdiff.cli import load_settings
-
-    cfg = load_settings(args)
-    grid = LatLonGrid(cfg.grid.nlat, cfg.grid.nlon)
-    s = cfg.synthetic
-    log.info("synthetic world %dx%d, %s..%s, seed %d, %d realizations, SST offset %g K",
-             grid.nlat, grid.nlon, cfg.periods.run_start, cfg.periods.run_end, s.seed, s.realizations,
-             s.sst_offset)
-    timings = write_world(grid, cfg.periods.run_start, cfg.periods.run_end, s.seed, s.realizations,
-                          s.sst_offset, Path(args.prepared), Path(args.truth) if args.truth else None)
-    log.info("done: %s", ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))

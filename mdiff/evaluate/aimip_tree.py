@@ -32,13 +32,12 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from mdiff import cdo, protocol
 from mdiff import config as C
 from mdiff.aimip import drs
 from mdiff.aimip.varmap import load_variable_map
@@ -151,17 +150,7 @@ def field_stats(x: np.ndarray, months: np.ndarray, periods: list[list[str]], nin
 # --------------------------------------------------------------- the reference on 1°
 
 
-def run_cdo(cdo: str, *args) -> None:
-    cmd = [cdo, "-s", "-O", *map(str, args)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-    except FileNotFoundError as err:
-        raise AimipTreeError(f"CDO not found ({cdo}): install it (apt-get install cdo)") from err
-    if proc.returncode != 0:
-        raise AimipTreeError(f"`{' '.join(cmd)}` failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
-
-
-def reference_on_one_degree(cfg: C.Config, state: list[Path], workdir: Path, cdo: str = "cdo") -> Path:
+def reference_on_one_degree(cfg: C.Config, state: list[Path], workdir: Path, cdo_exe: str = "cdo") -> Path:
     """The reference's AI-MIP variables (and sst) over the analysis months, conservatively
     remapped with CDO to the 1-degree grid; returns the NetCDF path."""
     import xarray as xr
@@ -201,7 +190,7 @@ def reference_on_one_degree(cfg: C.Config, state: list[Path], workdir: Path, cdo
     gridfile = workdir / "grid.txt"
     gridfile.write_text(ONE_DEGREE.cdo_grid())
     remapped = workdir / "reference_1deg.nc"
-    run_cdo(cdo, f"remapcon,{gridfile}", native, remapped)
+    cdo.run(f"remapcon,{gridfile}", native, remapped, cdo=cdo_exe, error=AimipTreeError)
     native.unlink()
     return remapped
 
@@ -244,13 +233,13 @@ def file_months(path: Path) -> np.ndarray:
     return np.array([f"{d.year:04d}-{d.month:02d}" for d in starts], dtype="datetime64[M]")
 
 
-def score(cfg: C.Config, root: str | Path, state: list[Path], output: str | Path, cdo: str = "cdo") -> dict:
+def score(cfg: C.Config, root: str | Path, state: list[Path], output: str | Path, cdo_exe: str = "cdo") -> dict:
     from mdiff.fileio import atomic_path, write_json
 
     root, output = Path(root), Path(output)
     ev = cfg.evaluate
     experiments = list(cfg.rollout.experiments)
-    if "aimip" not in experiments:
+    if protocol.CONTROL not in experiments:
         raise AimipTreeError(f"rollout.experiments {experiments}: the organisers' metrics need aimip")
     members = range(1, cfg.rollout.members + 1)
     varmap = load_variable_map()
@@ -260,14 +249,14 @@ def score(cfg: C.Config, root: str | Path, state: list[Path], output: str | Path
     def gr_file(variable, exp, member) -> Path:
         return root / drs.submission_file(cfg.aimip, cfg.periods, variable, exp, member, "gr").relpath
 
-    probe = gr_file("tas", "aimip", 1)
+    probe = gr_file("tas", protocol.CONTROL, 1)
     if not probe.exists():
         raise FileNotFoundError(f"{probe}: no gr file: set aimip.grids: [gn, gr] (the organisers' metrics are on 1 degree)")
     all_months = file_months(probe)
     sel = month_index(all_months, *ev.analysis)
     months = all_months[sel]
     with tempfile.TemporaryDirectory(prefix="aimip-eval-", dir=output.parent if output.parent.exists() else None) as tmp:
-        ref_path = reference_on_one_degree(cfg, state, Path(tmp), cdo)
+        ref_path = reference_on_one_degree(cfg, state, Path(tmp), cdo_exe)
         ref_all = np.ones(len(months), dtype=bool)
         sst = read_levels(ref_path, "sst", ref_all)[:, 0]
         box = ((ONE_DEGREE.lat >= NINO34_LAT[0]) & (ONE_DEGREE.lat <= NINO34_LAT[1]))[:, None] & \
@@ -278,10 +267,10 @@ def score(cfg: C.Config, root: str | Path, state: list[Path], output: str | Path
         for name, spec in varmap.items():
             levels = list(spec.levels_pa) or [None]
             stats = {exp: [field_stats(read_levels(gr_file(name, exp, k), name, sel), months, ev.periods, nino,
-                                       w_all, full=exp == "aimip") for k in members] for exp in experiments}
+                                       w_all, full=exp == protocol.CONTROL) for k in members] for exp in experiments}
             ref = field_stats(read_levels(ref_path, name, ref_all), months, ev.periods, nino, w_all, full=True)
             units = spec.units
-            a = stats["aimip"]
+            a = stats[protocol.CONTROL]
             for li, lev in enumerate(levels):
                 lab = label(name, lev)
                 for pi, p in enumerate(ev.periods):
@@ -310,14 +299,14 @@ def score(cfg: C.Config, root: str | Path, state: list[Path], output: str | Path
                 if lab in E5_FIELDS:
                     control = np.mean([m["time_mean"][li] for m in a], axis=0)
                     for exp in experiments:
-                        if exp == "aimip":
+                        if exp == protocol.CONTROL:
                             continue
                         warm = np.mean([m["time_mean"][li] for m in stats[exp]], axis=0)
                         resp = float(wmean(warm - control, w_all))
                         scores.add(f"organisers.e5.response.{lab}.{exp}", resp, units,
                                    f"global mean (cos-lat) of the time-mean response {exp} - aimip, "
                                    f"{ev.analysis[0]}..{ev.analysis[1]}")
-                        scores.add(f"organisers.e5.sensitivity.{lab}.{exp}", resp / C.SST_OFFSET_K[exp],
+                        scores.add(f"organisers.e5.sensitivity.{lab}.{exp}", resp / protocol.SST_OFFSET_K[exp],
                                    f"{units} K-1", "that response per kelvin of SST warming")
             log.info("%s: scored", name)
     doc = {"grid": "gr (1 degree, 180 x 360)", "weights": "cos(latitude)", "max_abs_lat": ev.max_abs_lat,
@@ -340,27 +329,3 @@ def markdown(doc: dict) -> str:
         v = item["value"]
         lines.append(f"| `{name}` | {'n/a' if v is None else f'{v:.4g}'} | {item['units']} |")
     return "\n".join(lines) + "\n"
-
-
-# ---------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser) -> None:
-    from mdiff.cli import add_settings_arguments
-
-    add_settings_arguments(parser)
-    parser.add_argument("--aimip-root", required=True, help="root of the AI-MIP tree ({results}/aimip) with gr files")
-    parser.add_argument("--state", nargs="+", required=True, help="prepared state files (the reference)")
-    parser.add_argument("--output", required=True, help="folder for scores.json and scores.md")
-    parser.add_argument("--cdo", default="cdo", help="CDO executable")
-
-
-def main(args) -> int:
-    from mdiff.cli import load_settings
-
-    cfg = load_settings(args)
-    if shutil.which(args.cdo) is None:
-        raise AimipTreeError(f"CDO not found ({args.cdo}): install it (apt-get install cdo)")
-    doc = score(cfg, args.aimip_root, [Path(p) for p in args.state], args.output, args.cdo)
-    log.info("%d scores: %s", len(doc["scores"]), Path(args.output) / "scores.json")
-    return 0

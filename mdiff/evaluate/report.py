@@ -32,11 +32,10 @@ from mdiff.evaluate.oracle import unavailable as oracle_unavailable
 from mdiff.evaluate.targets import headline
 from mdiff.fileio import atomic_path, write_json
 from mdiff.grid import LatLonGrid
+from mdiff.protocol import CONTROL, SST_OFFSET_K, WARMED
 
 log = logging.getLogger(__name__)
 
-CONTROL = "aimip"
-WARMED = ("aimip-p2k", "aimip-p4k")
 NAO_EXTENT = (-90.0, 40.0, 20.0, 80.0)  # lon -90..40, lat 20..80 (the sector drawn)
 FIGURES = "figures"
 
@@ -473,7 +472,7 @@ class Evaluation:
         control = em.mean(axis=(0, 1), dtype=np.float64)
         panels = []
         for exp in self.warmed:
-            offset = C.SST_OFFSET_K[exp]
+            offset = SST_OFFSET_K[exp]
             response = warmed_means[exp] - control
             self.scores.add(f"e5.sensitivity.{d.label}.{exp}",
                             M.sensitivity_per_kelvin(self.grid, response, offset), f"{d.units} K-1",
@@ -740,25 +739,3 @@ def evaluate(cfg: C.Config, inputs: Inputs, output: str | Path) -> dict:
         tmp.write_text(page)
     log.info("report: %s (%d scores, %d figures)", output / "index.html", len(ev.scores.items), len(figs))
     return doc
-
-
-def add_arguments(parser) -> None:
-    from mdiff.cli import add_settings_arguments
-
-    add_settings_arguments(parser)
-    parser.add_argument("--rollout", nargs="+", required=True, help="rollout files of all experiments")
-    parser.add_argument("--state", nargs="+", required=True, help="prepared state files (the reference)")
-    parser.add_argument("--forcing", required=True, help="prepared/forcing.nc")
-    parser.add_argument("--statics", required=True, help="prepared/statics.nc")
-    parser.add_argument("--truth", help="the synthetic world's truth folder (source: synthetic)")
-    parser.add_argument("--output", required=True, help="report folder: index.html, scores.json, figures/")
-
-
-def main(args) -> int:
-    from mdiff.cli import load_settings
-
-    cfg = load_settings(args)
-    inputs = Inputs([Path(p) for p in args.rollout], [Path(p) for p in args.state], Path(args.forcing),
-                    Path(args.statics), Path(args.truth) if args.truth else None)
-    evaluate(cfg, inputs, args.output)
-    return 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,27 +22,10 @@ from mdiff.grid import LatLonGrid
 
 log = logging.getLogger(__name__)
 
-G0 = 9.80665  # standard gravity: geopotential (m2 s-2) -> geopotential height (m)
-
-
-@dataclass(frozen=True)
-class Display:
-    factor: float
-    units: str
-    label: str  # the name a reader knows (AI-MIP's zg500 for the geopotential channel)
-
-
-_DISPLAY = {
-    "pr": Display(86400.0, "mm day-1", "pr"),  # kg m-2 s-1 of water = mm s-1
-    "z500": Display(1.0 / G0, "m", "zg500"),
-    "psl": Display(0.01, "hPa", "psl"),
-}
-
-
-def display(channel: str) -> Display:
-    """Display units of a state channel (its own units unless converted above)."""
-    ch = V.channel(channel)
-    return _DISPLAY.get(channel, Display(1.0, ch.units, channel))
+def display(channel: str) -> V.Display:
+    """Display units and label of a state channel, from the variable table (its own units
+    unless converted: pr in mm/day, z500 as zg500 in m, psl in hPa)."""
+    return V.channel(channel).shown
 
 
 def open_lazy(path: str | Path, grid: LatLonGrid) -> xr.Dataset:

@@ -83,19 +83,24 @@ class Conditioning:
 class MonthlyDiffusion(nn.Module):
     """Encoder, decoder and denoiser (one SFNO-style block each), seasonality, schedule."""
 
-    def __init__(self, config: ModelConfig, grid: LatLonGrid):
+    def __init__(self, config: ModelConfig, grid: LatLonGrid, n_state: int | None = None,
+                 n_forcing: int | None = None, n_static: int | None = None):
         super().__init__()
         self.config, self.grid = config, grid
+        # channel counts per role: the variable table's (a checkpoint passes its stored table's)
+        self.n_state = V.N_STATE if n_state is None else n_state
+        self.n_forcing = V.N_FORCING if n_forcing is None else n_forcing
+        self.n_static = V.N_STATIC if n_static is None else n_static
         full = SphereGrid.model(grid, config.lmax)
         latent = SphereGrid.latent(grid, config.squeeze, config.latent_lmax)
         self.full_grid, self.latent_grid = full, latent
         c, k, t = config.latent_channels, self.cond_channels, config.time_embed_channels
         e, ratio, f = config.embed_channels, config.mlp_ratio, config.film_embed_channels
         self.seasonality = SeasonalityEmbedding(config.seasonal_channels, config.seasonal_basis, full.shape)
-        self.encoder = SphereBlock(V.N_STATE, 2 * c, k, k, full, latent, rank=config.encoder_rank,
+        self.encoder = SphereBlock(self.n_state, 2 * c, k, k, full, latent, rank=config.encoder_rank,
                                    hidden=config.hidden_channels, embed_channels=e, mlp_ratio=ratio,
                                    film_embed_channels=f)
-        self.decoder = SphereBlock(c, V.N_STATE, k, k, latent, full, rank=config.decoder_rank,
+        self.decoder = SphereBlock(c, self.n_state, k, k, latent, full, rank=config.decoder_rank,
                                    hidden=config.decoder_hidden_channels or config.hidden_channels,
                                    embed_channels=e, mlp_ratio=config.decoder_mlp_ratio or ratio,
                                    film_embed_channels=f)
@@ -103,7 +108,7 @@ class MonthlyDiffusion(nn.Module):
                                     hidden=config.denoiser_hidden_channels or config.hidden_channels,
                                     embed_channels=e, mlp_ratio=ratio, film_embed_channels=f)
         # the linear path reads sst, siconc and the G map (not the fixed land mask)
-        self.linear_forcing = (LinearForcingResponse(V.N_FORCING, V.N_STATE, V.N_STATIC, full,
+        self.linear_forcing = (LinearForcingResponse(self.n_forcing, self.n_state, self.n_static, full,
                                                      channels=config.linear_forcing_channels,
                                                      rank=config.linear_forcing_rank)
                                if config.linear_forcing else None)
@@ -131,8 +136,8 @@ class MonthlyDiffusion(nn.Module):
         self.to_latent_isht = TruncatedISHT(latent, latent.lmax)
         self.register_buffer("latent_area_weights", torch.as_tensor(latent.area_weights, dtype=torch.float32),
                              persistent=False)
-        self.register_buffer("statics", torch.zeros(V.N_STATIC, *full.shape))
-        self.register_buffer("statics_latent", torch.zeros(V.N_STATIC, *latent.shape))
+        self.register_buffer("statics", torch.zeros(self.n_static, *full.shape))
+        self.register_buffer("statics_latent", torch.zeros(self.n_static, *latent.shape))
         self.register_buffer("area_weights", torch.as_tensor(full.area_weights, dtype=torch.float32),
                              persistent=False)
 
@@ -140,11 +145,11 @@ class MonthlyDiffusion(nn.Module):
     @property
     def forcing_channels(self) -> int:
         """The forcing maps: sst, siconc, sst_undefined [, the global-mean SST anomaly]."""
-        return V.N_FORCING + int(self.config.global_sst == "input")
+        return self.n_forcing + int(self.config.global_sst == "input")
 
     @property
     def cond_channels(self) -> int:
-        return self.forcing_channels + self.config.seasonal_channels + V.N_STATIC
+        return self.forcing_channels + self.config.seasonal_channels + self.n_static
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -169,8 +174,8 @@ class MonthlyDiffusion(nn.Module):
 
         Compute it once per month and pass it to many members (it broadcasts from batch 1).
         """
-        torch._check(forcing.dim() == 4 and forcing.shape[1] == V.N_FORCING,
-                     lambda: f"forcing has shape {tuple(forcing.shape)}; expected (B, {V.N_FORCING}, H, W)")
+        torch._check(forcing.dim() == 4 and forcing.shape[1] == self.n_forcing,
+                     lambda: f"forcing has shape {tuple(forcing.shape)}; expected (B, {self.n_forcing}, H, W)")
         month = torch.as_tensor(month, device=forcing.device).reshape(-1)
         torch._check(month.shape[0] == forcing.shape[0], lambda: "one month per forcing sample expected")
         batch = forcing.shape[0]
@@ -409,8 +414,10 @@ def pair_mean_of(x: torch.Tensor, b: int) -> torch.Tensor:
     return 0.5 * (x[:b] + x[b:])
 
 
-def build_model(config: ModelConfig, grid: LatLonGrid) -> MonthlyDiffusion:
-    return MonthlyDiffusion(config, grid)
+def build_model(config: ModelConfig, grid: LatLonGrid, n_state: int | None = None, n_forcing: int | None = None,
+                n_static: int | None = None) -> MonthlyDiffusion:
+    """The model for ``grid``; channel counts per role default to the variable table's."""
+    return MonthlyDiffusion(config, grid, n_state, n_forcing, n_static)
 
 
 def parameter_count(model: nn.Module) -> int:

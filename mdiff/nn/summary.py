@@ -1,35 +1,19 @@
-"""`mdiff params`: the parameter count of a model config (complex weights counted once)."""
+"""The parameter count of a model config (`mdiff params`; complex weights counted once)."""
 
 from __future__ import annotations
 
-
-def parse_grid(text: str):
-    from mdiff.grid import LatLonGrid
-
-    try:
-        nlat, nlon = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"--grid {text!r}: expected NLATxNLON, e.g. 121x240") from None
-    return LatLonGrid(nlat, nlon)
+from mdiff.config import ModelConfig
+from mdiff.grid import LatLonGrid
+from mdiff.nn.model import build_model, parameter_count
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument("--model", required=True, help="model config YAML (config/model/*.yaml)")
-    parser.add_argument("--grid", default="121x240", help="model grid NLATxNLON (default 121x240)")
-
-
-def main(args) -> int:
-    from mdiff.config import load_model_file
-    from mdiff.nn.model import build_model, parameter_count
-
-    grid = parse_grid(args.grid)
-    model = build_model(load_model_file(args.model).model, grid)
-    for name, child in model.named_children():
-        count = parameter_count(child)
-        if count:
-            print(f"  {name:<16} {count:>12,}")
+def parameter_table(config: ModelConfig, grid: LatLonGrid, name: str = "model") -> str:
+    """Parameters per part of the model and in total, one line each."""
+    model = build_model(config, grid)
+    lines = [f"  {part:<16} {count:>12,}" for part, child in model.named_children()
+             if (count := parameter_count(child))]
     total = parameter_count(model)
     real = sum(p.numel() for p in model.parameters())
-    print(f"{args.model} on {grid.nlat}x{grid.nlon}: {total:,} parameters "
-          f"({total / 1e6:.2f} M; complex weights counted once; {real:,} real numbers)")
-    return 0
+    lines.append(f"{name} on {grid.nlat}x{grid.nlon}: {total:,} parameters ({total / 1e6:.2f} M; complex weights "
+                 f"counted once; {real:,} real numbers)")
+    return "\n".join(lines)

@@ -12,16 +12,17 @@ import torch
 
 from mdiff import config as C
 from mdiff import variables as V
+from mdiff.checkpoint import save
 from mdiff.data.normalize import Normalizer
 from mdiff.grid import LatLonGrid
 from mdiff.nn.model import build_model
-from mdiff.train import TrainOptions, checkpoint_payload, save
+from mdiff.train import TrainOptions, checkpoint_payload
 
 HERE = Path(__file__).parent
 
 
 def main() -> None:
-    from tests.test_train import TINY, _reference_outputs
+    from tests.test_train import TINY, reference_outputs
 
     grid = LatLonGrid(17, 32)
     torch.manual_seed(0)
@@ -47,7 +48,7 @@ def main() -> None:
               "month": torch.tensor([12, 6]), "seeds": torch.tensor([11, 12])}
     ema.eval()
     with torch.no_grad():
-        outputs = _reference_outputs(ema, inputs)
+        outputs = reference_outputs(ema, inputs)
     torch.save({"inputs": inputs, "outputs": outputs}, HERE / "tiny_expected.pt")
 
 

@@ -1,7 +1,10 @@
 # AI-MIP files: CMOR rewriting per (experiment, member) on the native grid (gn) and, if
 # aimip.grids has gr, the 1-degree copy; validation of the whole tree (part of `all`).
-import os
-
+# CMOR needs numpy 1.x, so the CMOR stage runs in its own interpreter: the commands move
+# into .venv-cmor (scripts/setup.sh) by themselves, and on clusters the rules run in the
+# conda env envs/cmor.yaml, which imports mdiff from the working tree: hence
+# `python -m mdiff.cli` (mdiff.aimip.cmor_env). Validation runs PrePARE in the CMOR
+# interpreter and the CF checkers beside the one it runs in.
 AIMIP_MEMBERS = list(range(1, CFG.rollout.members + 1))
 AIMIP_GRIDS = CFG.aimip.grids  # gn, and gr (1 degree, regridded from gn) if configured
 
@@ -16,34 +19,19 @@ AIMIP_TREE = [
 ]
 VALIDATION_REPORT = f"{RESULTS}/validation/report.json"
 VALIDATION_MD = f"{RESULTS}/validation/report.md"
-# CMOR needs numpy 1.x here, so the CMOR stage runs in its own interpreter: .venv-cmor
-# (made by scripts/setup.sh) or, on clusters, the conda env envs/cmor.yaml (mdiff is
-# imported from the working tree there: `python -m mdiff.cli`).
-# Validation runs the CF checkers of the main env and PrePARE of the CMOR interpreter
-# (in the conda env, all three are in envs/cmor.yaml).
-if os.path.exists(".venv-cmor/bin/mdiff"):
-    CMOR_MDIFF, CMOR_PYTHON, VALIDATE_MDIFF = (
-        ".venv-cmor/bin/mdiff",
-        ".venv-cmor/bin/python",
-        "mdiff",
-    )
-else:
-    CMOR_MDIFF = VALIDATE_MDIFF = "python -m mdiff.cli"
-    CMOR_PYTHON = "python"
 
 
 wildcard_constraints:
-    experiment="|".join(C.EXPERIMENTS),
+    experiment="|".join(P.EXPERIMENTS),
     member=r"\d+",
 
 
 rule cmorize:
     input:
         # the rollout batch holding the member (batches: consecutive blocks of member_batch)
-        rollout=lambda w: "{}/rollout/{}/members_{:03d}-{:03d}.nc".format(
-            RESULTS,
+        rollout=lambda w: rollout_file(
             w.experiment,
-            *drs.member_batch(int(w.member), CFG.rollout.members, CFG.rollout.member_batch),
+            *P.member_batch(int(w.member), CFG.rollout.members, CFG.rollout.member_batch),
         ),
     output:
         files=aimip_files("gn"),
@@ -52,7 +40,6 @@ rule cmorize:
         # aimip.grids is not used here: adding gr reruns no gn job
         settings=settings("grid", "periods", "aimip", drop=["aimip.grids"]),
         root=lambda w, output: drs.tree_root(output.files[0], CFG.aimip),
-        mdiff=CMOR_MDIFF,
     log:
         f"{LOGS}/cmorize/{{experiment}}_r{{member}}.log",
     benchmark:
@@ -63,7 +50,7 @@ rule cmorize:
     conda:
         "../../envs/cmor.yaml"
     shell:
-        "{params.mdiff} cmorize --settings {params.settings:q} --input {input.rollout:q}"
+        "python -m mdiff.cli cmorize --settings {params.settings:q} --input {input.rollout:q}"
         " --experiment {wildcards.experiment} --member {wildcards.member}"
         " --output-root {params.root:q} --file-list {output.listing:q} > {log:q} 2>&1"
 
@@ -80,7 +67,6 @@ rule cmorize_gr:
         # aimip.grids is not used here: adding gr reruns no gn job
         settings=settings("grid", "periods", "aimip", drop=["aimip.grids"]),
         root=lambda w, output: drs.tree_root(output.files[0], CFG.aimip),
-        mdiff=CMOR_MDIFF,
     log:
         f"{LOGS}/cmorize_gr/{{experiment}}_r{{member}}.log",
     benchmark:
@@ -91,7 +77,7 @@ rule cmorize_gr:
     conda:
         "../../envs/cmor.yaml"
     shell:
-        "{params.mdiff} cmorize-gr --settings {params.settings:q} --experiment {wildcards.experiment}"
+        "python -m mdiff.cli cmorize-gr --settings {params.settings:q} --experiment {wildcards.experiment}"
         " --member {wildcards.member} --root {params.root:q} --file-list {output.listing:q} > {log:q} 2>&1"
 
 
@@ -110,8 +96,6 @@ rule validate_submission:
     params:
         settings=settings("grid", "periods", "rollout", "aimip"),
         root=lambda w, input: drs.tree_root(input.files[0], CFG.aimip),
-        prepare_python=CMOR_PYTHON,
-        mdiff=VALIDATE_MDIFF,
     log:
         f"{LOGS}/validate_submission.log",
     benchmark:
@@ -123,8 +107,8 @@ rule validate_submission:
     conda:
         "../../envs/cmor.yaml"
     shell:
-        "{params.mdiff} validate --settings {params.settings:q} --root {params.root:q}"
-        " --prepare-python {params.prepare_python:q} --jobs {threads}"
+        "python -m mdiff.cli validate --settings {params.settings:q} --root {params.root:q}"
+        " --jobs {threads}"
         " --report-json {output.json:q} --report-md {output.md:q} > {log:q} 2>&1"
 
 

@@ -3,7 +3,7 @@ import json
 import os
 
 from mdiff import config as C
-from mdiff import variables as V
+from mdiff import protocol as P
 from mdiff.aimip import drs
 from mdiff.aimip.varmap import load_variable_map
 
@@ -51,6 +51,11 @@ def aimip_files(grid, experiment="{experiment}", member="{member}"):
         f"{AIMIP_ROOT}/{f.relpath}"
         for f in drs.member_files(CFG.aimip, CFG.periods, AIMIP_VARIABLES, experiment, member, grid)
     ]
+
+
+def rollout_file(experiment, first, last):
+    """The rollout file of one experiment's member batch first..last."""
+    return f"{RESULTS}/rollout/{experiment}/{P.batch_label(first, last)}.nc"
 
 
 def cmorize_listing(grid, experiment="{experiment}", member="{member}"):

@@ -2,12 +2,6 @@
 # stability and, on the synthetic world, perfect-model scores against the known truth.
 import os
 
-# Every rollout file: consecutive member batches of every configured experiment.
-EVALUATE_ROLLOUTS = [
-    f"{RESULTS}/rollout/{exp}/members_{a:03d}-{min(a + CFG.rollout.member_batch - 1, CFG.rollout.members):03d}.nc"
-    for exp in CFG.rollout.experiments
-    for a in range(1, CFG.rollout.members + 1, CFG.rollout.member_batch)
-]
 EVALUATE_TRUTH = (
     [f"{RESULTS}/truth/response.nc", f"{RESULTS}/truth/modes.nc", f"{RESULTS}/truth/realizations"]
     if CFG.source == "synthetic"
@@ -19,7 +13,7 @@ REPORT = f"{RESULTS}/report"
 rule evaluate:
     """Scores, figures and a one-page HTML report of the three AI-MIP runs."""
     input:
-        rollout=EVALUATE_ROLLOUTS,
+        rollout=ROLLOUT_FILES,
         state=PREPARED_STATE,
         forcing=PREPARED_FORCING,
         statics=PREPARED_STATICS,

@@ -32,21 +32,14 @@ rule train:
     resources:
         mem_mb=8000,
         runtime=240,
-        gpu=0,  # the Slurm profile sets it; > 1 launches torchrun (DDP, one process per GPU)
+        gpu=0,  # the Slurm profile sets it; > 1: `mdiff train` runs under torchrun (DDP, one process per GPU)
     conda:
         "../../envs/mdiff.yaml"
     shell:
-        """
-        if [ {resources.gpu} -gt 1 ]; then
-            launch="torchrun --standalone --nproc_per_node={resources.gpu} -m mdiff.cli"
-        else
-            launch="mdiff"
-        fi
-        $launch train --settings {params.settings:q} --model {input.model:q} \
-            --state {input.state} --statics {input.statics:q} --stats {input.stats:q} \
-            --output {output.checkpoint:q} --model-card {output.card:q} \
-            --log-file {output.log:q} --curve {output.curve:q} --resume > {log} 2>&1
-        """
+        "mdiff train --settings {params.settings:q} --model {input.model:q} --gpus {resources.gpu}"
+        " --state {input.state} --statics {input.statics:q} --stats {input.stats:q}"
+        " --output {output.checkpoint:q} --model-card {output.card:q}"
+        " --log-file {output.log:q} --curve {output.curve:q} --resume > {log} 2>&1"
 
 
 ALL_TARGETS.extend([CHECKPOINT, MODEL_CARD])
