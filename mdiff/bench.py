@@ -108,9 +108,9 @@ def _published(args, device, what: str):
         return None
     from mdiff import bench_published as published
 
-    model = published.published_model(args.published_code, device)
-    print(f"published code ({args.published_code}): {published.parameter_count(model):,} parameters "
-          "(complex counted once), grid 121x240")
+    model = published.published_model(args.published_code, device, args.published_truncation)
+    print(f"published code ({args.published_code}, {args.published_truncation} SHT truncation): "
+          f"{published.parameter_count(model):,} parameters (complex counted once), grid 121x240")
     if what == "train":
         batch = args.batch_size or 4
         return lambda: published.time_training_step(model, batch, args.steps, args.warmup, device)
@@ -253,6 +253,9 @@ def _science_arguments() -> list:
 COMPARISON = [
     (("--published-code",), {"metavar": "DIR", "help": "a checkout of kjhall01/monthly-diffusion: time its "
                                                         "step at MD-1.5 size too, alternately with ours"}),
+    (("--published-truncation",), {"choices": ["published", "installed"], "default": "published",
+                                    "help": "its SHTs' default degrees: torch-harmonics 0.7's (lmax = nlat, as "
+                                            "it ran) or the installed version's ((nlat + 1) // 2)"}),
     (("--rounds",), {"type": int, "default": 1, "help": "measurements of each (medians are printed)"}),
 ]
 

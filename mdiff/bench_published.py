@@ -30,8 +30,9 @@ PUBLISHED_CHANNELS = (
        "SDORSFC", "ANORSFC", "ISORSFC", "SLORSFC", "LSMSFC"])
 
 
-def load_published(path: str | Path) -> types.ModuleType:
-    """The ``md.cvae`` module of a checkout at ``path``.
+def load_published(path: str | Path, truncation: str = "published") -> types.ModuleType:
+    """The ``md.cvae`` module of a checkout at ``path``; ``truncation``: the SHTs' default
+    degrees, "published" (torch-harmonics 0.7, as it ran) or "installed" (this torch-harmonics).
 
     ``md/__init__`` imports its data preparation (a package ``src``, scipy), which the networks
     do not use: the package is registered without running it, and scipy's three names are
@@ -52,9 +53,12 @@ def load_published(path: str | Path) -> types.ModuleType:
     package.__path__ = [str(root / "md")]
     sys.modules["md"] = package
     cvae = importlib.import_module("md.cvae")
+    if truncation == "installed":
+        return cvae
     # It ran torch-harmonics 0.7.4 (its environment files), where an SHT of an equiangular grid
     # keeps lmax = nlat degrees by default; 0.9 halves that. Its SHTs pass no lmax, so give them
-    # the old default: the model then has its published size (~3.4-3.9 M parameters).
+    # the old default: the model then has its published size (~3.4-3.9 M parameters; with
+    # the installed default, 1.6 M and smaller transforms).
     spectral = importlib.import_module("md.spectral_conv")
     real_sht = spectral.RealSHT
 
@@ -65,9 +69,9 @@ def load_published(path: str | Path) -> types.ModuleType:
     return cvae
 
 
-def published_model(path: str | Path, device: torch.device):
+def published_model(path: str | Path, device: torch.device, truncation: str = "published"):
     """The published ``CVAE`` at MD-1.5 size, random weights; other arguments its defaults."""
-    cvae = load_published(path)
+    cvae = load_published(path, truncation)
     torch.manual_seed(0)
     with contextlib.redirect_stdout(io.StringIO()):  # it prints its shapes
         model = cvae.CVAE(forcing_dim=3, data_dimensions=(37, 121, 240), device=device, n_statics=5,
