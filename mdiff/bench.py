@@ -28,7 +28,29 @@ def bench_world(args) -> None:
 
 
 def bench_train(args) -> None:
-    """Joint training steps (forward + backward + AdamW + EMA) on random data at a model's size."""
+    """Joint training steps (forward + backward + AdamW + EMA) on random data at a model's size;
+    with ``--published-code``, alternately with the published code's step in the same process."""
+    import torch
+
+    from mdiff.train import choose_device
+
+    device = choose_device(args.device)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    ours = _our_training(args, device)
+    published = _published(args, device, "train")
+    figures: list[tuple[float, float | None]] = []
+    for _ in range(args.rounds):
+        mine = ours()
+        theirs = published() if published else None
+        figures.append((mine, theirs))
+        print(f"ours {mine:.3f} samples/s" + (f", published code {theirs:.3f} samples/s, ratio "
+                                              f"{mine / theirs:.2f}" if theirs else ""))
+    _summary(figures, "samples_per_s", higher_is_better=True)
+
+
+def _our_training(args, device):
+    """A function timing ``args.steps`` joint training steps of our model: samples/s."""
     import copy
 
     import torch
@@ -37,14 +59,13 @@ def bench_train(args) -> None:
     from mdiff.config import load_model_file
     from mdiff.grid import LatLonGrid
     from mdiff.nn.model import build_model, draw_training_noise, parameter_count
-    from mdiff.train import choose_device, ema_decay, sample_generator, train_step, update_ema
+    from mdiff.train import ema_decay, sample_generator, train_step, update_ema
 
     model_file = load_model_file(args.model)
     tc = model_file.train
     if args.batch_size:
         tc.batch_size = args.batch_size
     grid = LatLonGrid(*map(int, args.grid.split("x")))
-    device = choose_device(args.device)
     torch.manual_seed(0)
     model = build_model(model_file.model, grid).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -55,32 +76,87 @@ def bench_train(args) -> None:
              "forcing": torch.randn(b, V.N_FORCING, *shape), "forcing_next": torch.randn(b, V.N_FORCING, *shape),
              "month": torch.arange(b) % 12 + 1, "month_next": (torch.arange(b) + 1) % 12 + 1}
     batch = {k: v.to(device) for k, v in batch.items()}
-    print(f"{args.model}: {parameter_count(model):,} parameters, grid {grid.nlat}x{grid.nlon}, batch {b}, {device}")
+    print(f"{args.model}: {parameter_count(model):,} parameters, grid {grid.nlat}x{grid.nlon}, batch {b}, {device}, "
+          f"{torch.get_num_threads()} threads; {args.steps} timed steps after {args.warmup} warm-up")
+    done = 0
 
-    def step(k):
-        noise = draw_training_noise(model, [sample_generator(0, k, i) for i in range(b)]).to(device)
+    def step():
+        nonlocal done
+        noise = draw_training_noise(model, [sample_generator(0, done, i) for i in range(b)]).to(device)
         train_step(model, model, optimizer, batch, noise, area, tc)
-        update_ema(ema, model, ema_decay(tc.ema_decay, k))
+        update_ema(ema, model, ema_decay(tc.ema_decay, done))
+        done += 1
 
-    for k in range(args.warmup):
-        step(k)
+    def timed() -> float:
+        for _ in range(args.warmup):
+            step()
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            step()
+        _sync(device)
+        return b * args.steps / (time.perf_counter() - t0)
+
+    return timed
+
+
+def _published(args, device, what: str):
+    """A function timing the published code's training step or month step (None without
+    ``--published-code``)."""
+    if not args.published_code:
+        return None
+    from mdiff import bench_published as published
+
+    model = published.published_model(args.published_code, device, args.published_truncation)
+    print(f"published code ({args.published_code}, {args.published_truncation} SHT truncation): "
+          f"{published.parameter_count(model):,} parameters (complex counted once), grid 121x240")
+    if what == "train":
+        batch = args.batch_size or 4
+        return lambda: published.time_training_step(model, batch, args.steps, args.warmup, device)
+    return lambda: published.time_month_step(model, args.members, args.months, device)
+
+
+def _summary(figures: list[tuple[float, float | None]], metric: str, higher_is_better: bool) -> None:
+    """The median of our figures (the last line: ``metric=value``) and of the ratios to the
+    published code's, each pair measured back to back."""
+    import statistics
+
+    ours = statistics.median(m for m, _ in figures)
+    if all(t is not None for _, t in figures):
+        theirs = statistics.median(t for _, t in figures)
+        ratio = statistics.median(m / t for m, t in figures)
+        print(f"published code: median {theirs:.3f}; ours / published, median of {len(figures)} "
+              f"pair(s): {ratio:.3f} ({'higher' if higher_is_better else 'lower'} is better)")
+        print(f"ratio_to_published={ratio:.3f}")
+    print(f"{metric}={ours:.3f}" if higher_is_better else f"{metric}={ours:.1f}")
+
+
+def _sync(device) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for k in range(args.steps):
-        step(args.warmup + k)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - t0) / args.steps
-    print(f"{seconds:.3f} s per step of {b} samples ({args.steps} steps after {args.warmup} warm-up)")
-    print(f"samples_per_s={b / seconds:.3f}")
 
 
 def bench_rollout(args) -> None:
-    """Ensemble rollout speed at a model's size, random weights (mdiff.rollout.benchmark)."""
-    from mdiff.rollout import benchmark
+    """Ensemble rollout speed at a model's size, random weights (mdiff.rollout.benchmark); with
+    ``--published-code``, alternately with the published code's month step in the same process."""
+    import torch
 
-    benchmark(args)
+    from mdiff.rollout import benchmark, resolve_device
+
+    device = resolve_device(args.device)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    published = _published(args, device, "rollout")
+    figures: list[tuple[float, float | None]] = []
+    for _ in range(args.rounds):
+        mine = benchmark(args)
+        theirs = published() if published else None
+        figures.append((mine, theirs))
+        print(f"ours {mine:.1f} ms per member-month" + (f", published code {theirs:.1f}, ratio "
+                                                        f"{mine / theirs:.3f}" if theirs else ""))
+    _summary(figures, "ms_per_member_month", higher_is_better=False)
 
 
 def _era5_like_year(root, nlat: int, year: int) -> dict:
@@ -172,6 +248,16 @@ def _science_arguments() -> list:
     return ARGUMENTS
 
 
+# Timing the published code beside ours (mdiff.bench_published), in one process.
+COMPARISON = [
+    (("--published-code",), {"metavar": "DIR", "help": "a checkout of kjhall01/monthly-diffusion: time its "
+                                                        "step at MD-1.5 size too, alternately with ours"}),
+    (("--published-truncation",), {"choices": ["published", "installed"], "default": "published",
+                                    "help": "its SHTs' default degrees: torch-harmonics 0.7's (lmax = nlat, as "
+                                            "it ran) or the installed version's ((nlat + 1) // 2)"}),
+    (("--rounds",), {"type": int, "default": 1, "help": "measurements of each (medians are printed)"}),
+]
+
 # name -> (function, help, extra arguments)
 BENCHMARKS: dict[str, tuple] = {
     "science": (bench_science, "perfect-model scores of a trained emulator on the synthetic world",
@@ -184,7 +270,9 @@ BENCHMARKS: dict[str, tuple] = {
                (("--batch-size",), {"type": int, "help": "override train.batch_size"}),
                (("--steps",), {"type": int, "default": 5, "help": "timed steps"}),
                (("--warmup",), {"type": int, "default": 1, "help": "untimed steps first"}),
-               (("--device",), {"default": "auto", "help": "auto|cpu|cuda"})]),
+               (("--device",), {"default": "auto", "help": "auto|cpu|cuda"}),
+               (("--threads",), {"type": int, "default": 0, "help": "torch threads (0: default)"})]
+              + COMPARISON),
     "regrid": (bench_regrid, "one year of all channels from 0.25 deg (721x1440) to the model grid with CDO",
                [(("--grid",), {"default": "121x240", "help": "model grid NLATxNLON"}),
                 (("--native-nlat",), {"type": int, "default": 721, "help": "native rows (721: 0.25 deg)"}),
@@ -201,5 +289,6 @@ BENCHMARKS: dict[str, tuple] = {
                  (("--compile",), {"action": "store_true", "help": "torch.compile (GPU)"}),
                  (("--threads",), {"type": int, "default": 0, "help": "torch threads (0: default)"}),
                  (("--reference",), {"action": "store_true",
-                                     "help": "step with the model's own API instead of the fast path"})]),
+                                     "help": "step with the model's own API instead of the fast path"})]
+                + COMPARISON),
 }

@@ -914,7 +914,7 @@ class FastKernels:
 # ------------------------------------------------------------------------ benchmark
 
 
-def benchmark(args) -> None:
+def benchmark(args) -> float:
     """`mdiff bench rollout`: months of an ensemble of a randomly initialised model at a
     config's size, written through the real writer to a temporary file. Statistics put
     every decoded value at its physical range's midpoint, so the guards run but never trip."""
@@ -956,4 +956,4 @@ def benchmark(args) -> None:
     print(f"rollout {'reference (model API)' if args.reference else 'fast path'}: {args.model}, grid "
           f"{grid.nlat}x{grid.nlon}, {len(members)} members, {len(stamps) - 1} timed months, {device}, "
           f"{torch.get_num_threads()} threads: {1000 * per_month:.0f} ms per month")
-    print(f"ms_per_member_month={ms:.1f}")
+    return ms
