@@ -139,7 +139,7 @@ class RolloutConfig:
     member_batch: int = 5  # members stepped together in one job
     seed: int = 20250101  # base seed; member k uses a generator seeded from (seed, k)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    bf16: bool = False  # bf16 autocast on GPU; on CPUs with native bf16, the pointwise matmuls (SHTs stay fp32)
+    bf16: bool = False  # bf16 autocast of the real matmuls (spectral transforms stay fp32); fast on GPUs
     compile: bool = False  # torch.compile the denoiser/decoder on GPU
     resume_every: int = 12  # months between resume states ({output}.resume.pt)
 

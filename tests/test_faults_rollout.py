@@ -20,7 +20,6 @@ from small_model import save_checkpoint, small_model
 from mdiff import variables as V
 from mdiff.data import prepared as P
 from mdiff.rollout import (
-    FastKernels,
     MonthWriter,
     RolloutJob,
     experiment_forcing,
@@ -53,7 +52,7 @@ def setup(tiny_world, tmp_path_factory):
     state0 = normalizer.normalize(initial_state(tiny_world.prepared / "state" / "1978.nc", grid, months[0]),
                                   V.STATE_NAMES, moy[0])
     root = tmp_path_factory.mktemp("faults_rollout")
-    return dict(grid=grid, model=model, kernels=FastKernels(model), normalizer=normalizer, months=months,
+    return dict(grid=grid, model=model, normalizer=normalizer, months=months,
                 forcing=normalizer.forcing(sst, ice, months=moy), state0=state0,
                 checkpoint=save_checkpoint(root / "checkpoint.pt", model, normalizer))
 
@@ -63,7 +62,7 @@ def _job(setup, resume_every=4):
 
 
 def _run(setup, target, **kwargs):
-    return run_rollout(_job(setup), setup["kernels"], setup["normalizer"], setup["forcing"], setup["state0"],
+    return run_rollout(_job(setup), setup["model"], setup["normalizer"], setup["forcing"], setup["state0"],
                        target, progress=False, **kwargs)
 
 

@@ -73,9 +73,31 @@ def _top_level_functions(path: Path) -> set[str]:
 
 def test_the_rollout_reads_models_through_the_checkpoint_contract():
     """A model reaches a rollout through mdiff.checkpoint, never through the training code."""
-    for name in ("rollout.py", "checkpoint.py"):
-        bad = {m for m in imports(PACKAGE / name) if m.startswith("mdiff.train")}
-        assert not bad, f"{name} imports {bad}"
+    for path in [*modules("rollout"), PACKAGE / "checkpoint.py"]:
+        bad = {m for m in imports(path) if m.startswith("mdiff.train")}
+        assert not bad, f"{path.name} imports {bad}"
+
+
+def test_no_module_reads_private_attributes_of_another_object():
+    """Private names (``_x``) are read only on ``self``/``cls``: no module reaches into the
+    internals of another module, class instance or library (torch, torch-harmonics)."""
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))):
+                found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {ast.unparse(node)}")
+    assert not found, "private attributes read: " + "; ".join(found)
+
+
+def test_the_rollout_defines_no_network():
+    """The rollout steps with the model's public API only: no module of it defines a torch
+    module or uses torch's functional layers (one model path, issue 14)."""
+    for path in modules("rollout"):
+        tree = ast.parse(path.read_text())
+        bases = {ast.unparse(b) for n in ast.walk(tree) if isinstance(n, ast.ClassDef) for b in n.bases}
+        assert not {b for b in bases if "Module" in b}, f"{path.name} defines a torch module"
+        assert "torch.nn.functional" not in imports(path) and "torch.nn" not in imports(path), path.name
 
 
 def test_nothing_imports_snakemake():

@@ -12,7 +12,6 @@ from mdiff import variables as V
 from mdiff.data import prepared as P
 from mdiff.rollout import (
     EnsembleStepper,
-    FastKernels,
     RolloutGuardError,
     RolloutJob,
     check_month,
@@ -171,6 +170,9 @@ def test_planted_nan_stops_the_run_naming_month_variable_member(setup, tmp_path)
         def encode(self, state, cond):
             return model.encode(state, cond)
 
+        def prepare_month(self, cond):
+            return model.prepare_month(cond)
+
         def sample_next(self, latent, cond, generators):
             return model.sample_next(latent, cond, generators)
 
@@ -204,7 +206,7 @@ def test_full_rollout_stays_finite_and_physical(setup, tmp_path):
     """555 months (1978-10..2024-12) of the small model on the tiny synthetic world."""
     months = setup["months"]
     assert months.size == 555
-    out = run_rollout(_job(setup, [1, 2], months, resume_every=60), FastKernels(setup["model"]),
+    out = run_rollout(_job(setup, [1, 2], months, resume_every=60), setup["model"],
                       setup["normalizer"], setup["forcing"], setup["state0"], tmp_path / "full.nc", progress=False)
     ds = xr.open_dataset(out)
     assert ds.sizes["time"] == 555
@@ -216,39 +218,43 @@ def test_full_rollout_stays_finite_and_physical(setup, tmp_path):
         assert np.isfinite(x).all() and x.min() >= lo and x.max() <= hi, ch.variable
 
 
-def test_fast_kernels_match_the_model(setup, monkeypatch):
-    """The inference form computes what MonthlyDiffusion computes (same noise, same result),
-    also when it splits the members into chunks (here 2 + 1)."""
-    import mdiff.rollout
+def test_prepared_month_computes_what_training_computes(setup, monkeypatch):
+    """The rollout's form (a prepared month: the conditioning's spectral images, time maps and
+    modulations computed once, members in chunks, here 2 + 1) gives what the training path
+    gives: the blocks' plain forward on the concatenated inputs, step by step, same noise."""
+    import mdiff.nn.model
+    from mdiff.nn.diffusion import ancestral_sample
 
-    monkeypatch.setattr(mdiff.rollout, "MEMBER_CHUNK", 2)
+    monkeypatch.setattr(mdiff.nn.model, "MEMBER_CHUNK", 2)
     model = setup["model"]
-    fast = FastKernels(model)
-    with torch.inference_mode():
-        forcing = torch.from_numpy(setup["forcing"][5:6])
-        cond = model.conditioning(forcing, torch.tensor([3]))
-        latent = torch.randn(3, *model.latent_shape, generator=torch.Generator().manual_seed(1))
-        torch.testing.assert_close(fast.decode(latent, cond), model.decode(latent, cond), rtol=1e-4, atol=1e-4)
-        ref = model.sample_next(latent, cond, member_generators(9, [1, 2, 3]))
-        got = fast.sample_next(latent, cond, member_generators(9, [1, 2, 3]))
-        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
-
-
-def test_fast_kernels_bf16_pointwise_stay_close(setup):
-    """rollout.bf16 on a CPU: only the real pointwise matmuls run in bf16, so decoded states
-    and sampled latents stay within bf16's ~3 significant digits of the fp32 fast path."""
-    model = setup["model"]
-    fast, half = FastKernels(model), FastKernels(model, bf16=True)
-    assert half.decoder.inner[0].dtype == torch.bfloat16 and fast.decoder.inner[0].dtype == torch.float32
     with torch.inference_mode():
         cond = model.conditioning(torch.from_numpy(setup["forcing"][5:6]), torch.tensor([3]))
-        latent = torch.randn(2, *model.latent_shape, generator=torch.Generator().manual_seed(1))
-        ref, got = fast.decode(latent, cond), half.decode(latent, cond)
-        assert got.dtype == torch.float32 and not torch.equal(got, ref)
-        assert (got - ref).abs().max() <= 2e-2 * ref.abs().max()
-        ref = fast.sample_next(latent, cond, member_generators(9, [1, 2]))
-        got = half.sample_next(latent, cond, member_generators(9, [1, 2]))
-        assert (got - ref).abs().max() <= 2e-2 * ref.abs().max()
+        month = model.prepare_month(cond)
+        latent = torch.randn(3, *model.latent_shape, generator=torch.Generator().manual_seed(1))
+        wide = cond.broadcast(3)
+        plain = model.decoder(latent, wide.latent, wide.full) + wide.response
+        torch.testing.assert_close(model.decode(latent, month), plain, rtol=1e-4, atol=1e-4)
+        prior = model.standardise(latent)
+        x0 = ancestral_sample(model.schedule, lambda x, t: model.predict_v(x, t, prior, wide.latent),
+                              tuple(latent.shape), member_generators(9, [1, 2, 3]), latent.device,
+                              model.config.sampler_variance)
+        got = model.sample_next(latent, month, member_generators(9, [1, 2, 3]))
+        torch.testing.assert_close(got, model.unstandardise(x0), rtol=1e-4, atol=1e-4)
+
+
+def test_bf16_autocast_stays_close(setup):
+    """rollout.bf16: the real matmuls run in bf16 (the spectral transforms stay fp32), so
+    decoded states and sampled latents stay within bf16's ~3 significant digits of fp32."""
+    model = setup["model"]
+    full = EnsembleStepper(model, setup["forcing"][:3], setup["months"][:3], torch.device("cpu"))
+    half = EnsembleStepper(model, setup["forcing"][:3], setup["months"][:3], torch.device("cpu"), bf16=True)
+    latent, _ = full.initial(setup["state0"], 2)
+    ref = [(lat, state) for _, lat, state in full.steps(latent, member_generators(9, [1, 2]))]
+    got = [(lat, state) for _, lat, state in half.steps(latent, member_generators(9, [1, 2]))]
+    for (ref_lat, ref_state), (lat, state) in zip(ref, got, strict=True):
+        assert state.dtype == torch.float32 and not torch.equal(state, ref_state)
+        assert (state - ref_state).abs().max() <= 2e-2 * ref_state.abs().max()
+        assert (lat - ref_lat).abs().max() <= 5e-2 * ref_lat.abs().max()
 
 
 def test_command_line_rollout_from_a_checkpoint(setup, tiny_world, tmp_path):

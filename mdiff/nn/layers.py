@@ -2,41 +2,78 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mdiff.nn.spectral import SpectralConv, SphereGrid
+from mdiff.nn.spectral import SpectralConv, SpectralOperators, SphereGrid
 
 
-def conv1x1(in_channels: int, out_channels: int, zero: bool = False) -> nn.Conv2d:
-    conv = nn.Conv2d(in_channels, out_channels, kernel_size=1)
+class Pointwise(nn.Conv2d):
+    """A 1x1 convolution that also maps flattened fields (B, I, N) -> (B, O, N) (``flat``).
+
+    Under autograd it runs as a convolution (measured faster in training, docs/benchmarks.md);
+    without it as a matmul with the bias added in place (oneDNN's 1x1 convolutions are slow
+    on CPU at inference). Same weights, same maths.
+    """
+
+    def flat(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return self(x.unsqueeze(-1)).squeeze(-1)
+        # detached: torch.matmul folds (O, I) @ (B, I, N) into one copy-heavy mm for operands
+        # that require grad (decode 1.5x slower). Under autocast the matmul runs in its lower
+        # precision; the bias joins in place.
+        return torch.matmul(self.weight.detach()[:, :, 0, 0], x).add_(self.bias.detach()[:, None])
+
+
+def conv1x1(in_channels: int, out_channels: int, zero: bool = False) -> Pointwise:
+    conv = Pointwise(in_channels, out_channels, kernel_size=1)
     if zero:  # start as the identity modulation / a zero residual
         nn.init.zeros_(conv.weight)
         nn.init.zeros_(conv.bias)
     return conv
 
 
+def _inplace() -> bool:
+    """Whether tensors may be updated in place (nothing records them for a backward pass)."""
+    return not torch.is_grad_enabled()
+
+
 class ConditionalRMSNorm(nn.Module):
     """x / RMS(x) * (1 + scale) + shift, with scale and shift maps computed from conditioning.
 
     The RMS runs over channels and the sphere, area-weighted (quadrature weights), per sample.
-    The modulation starts at zero, so the layer starts as a plain RMS norm.
+    The modulation starts at zero, so the layer starts as a plain RMS norm. ``modulation_of``
+    and ``normalise`` split it so that a rollout computes the modulation once per month.
     """
 
     def __init__(self, channels: int, cond_channels: int, grid: SphereGrid, eps: float = 1e-6):
         super().__init__()
         self.eps = eps
         self.modulation = conv1x1(cond_channels, 2 * channels, zero=True)
-        self.register_buffer("area_weights", torch.as_tensor(grid.area_weights, dtype=torch.float32),
+        # sqrt of the quadrature weights: the weighted mean square is one contiguous norm
+        self.register_buffer("sqrt_area", torch.as_tensor(grid.area_weights, dtype=torch.float32).flatten().sqrt(),
                              persistent=False)
 
+    def modulation_of(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1 + scale, shift), each (B, C, N), from conditioning maps (B, K, H, W)."""
+        scale, shift = self.modulation.flat(cond.flatten(2)).chunk(2, dim=1)
+        return 1 + scale, shift
+
+    def normalise(self, x: torch.Tensor, modulation: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Flattened x (B, C, N) with a modulation from ``modulation_of`` (batch B or 1)."""
+        # one contiguous reduction per sample (a norm over the channels alone is a slow strided one)
+        mean_square = torch.linalg.vector_norm(x * self.sqrt_area.to(x.dtype), dim=(1, 2)).square() / x.shape[1]
+        factor = torch.rsqrt(mean_square + self.eps)[:, None, None]
+        scale, shift = modulation
+        if _inplace():
+            return x.mul_(factor).mul_(scale).add_(shift)
+        return x * factor * scale + shift
+
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        w = self.area_weights.to(x.dtype)
-        mean_square = (x.square().mean(dim=1) * w).sum(dim=(-2, -1))  # (B,)
-        x = x * torch.rsqrt(mean_square + self.eps)[:, None, None, None]
-        scale, shift = self.modulation(cond).chunk(2, dim=1)
-        return x * (1 + scale) + shift
+        return self.normalise(x.flatten(2), self.modulation_of(cond)).view_as(x)
 
 
 class PointwiseMLP(nn.Module):
@@ -48,8 +85,28 @@ class PointwiseMLP(nn.Module):
         self.inner = conv1x1(channels, hidden)
         self.outer = conv1x1(hidden, channels, zero=True)
 
+    def flat(self, x: torch.Tensor) -> torch.Tensor:
+        """Flattened (B, C, N) -> (B, C, N)."""
+        return self.outer.flat(F.gelu(self.inner.flat(x)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.outer(F.gelu(self.inner(x)))
+        return self.flat(x.flatten(2)).view_as(x)
+
+
+@dataclass
+class BlockContext:
+    """What a ``SphereBlock`` computes from its conditioning, apart from the member inputs:
+    the spectral operators, the spectral image ``shared`` (M, X, B or 1, O) of the
+    conditioning and embedding channels, and the norms' modulations (B or 1, C, N)."""
+
+    ops: SpectralOperators
+    shared: torch.Tensor
+    modulations: list[tuple[torch.Tensor, torch.Tensor]]
+
+    def with_modulations(self, modulations: list[tuple[torch.Tensor, torch.Tensor]],
+                         add: torch.Tensor | None = None) -> BlockContext:
+        """The same context with other modulations and ``add`` (a spectral image) added to ``shared``."""
+        return BlockContext(self.ops, self.shared if add is None else self.shared + add, modulations)
 
 
 class SphereBlock(nn.Module):
@@ -60,12 +117,19 @@ class SphereBlock(nn.Module):
     -> + pointwise MLP -> conditional norm -> 1x1 output conv.
     The norms are modulated by the conditioning maps on the *output* grid, which is how
     full-resolution detail (forcing, statics) reaches the decoder's output.
+
+    ``forward`` is ``run(x, context(cond_in, cond_out))``. The spectral conv is linear in its
+    input channels, so the conditioning's part (``context``) adds to the input's in the
+    spectral domain: a rollout computes the context once per month for all members, and
+    the image of any other fixed input group (``spectrum``) once, then adds it (``run``'s
+    ``add``). Training runs the same functions.
     """
 
     def __init__(self, in_channels: int, out_channels: int, cond_in_channels: int,
                  cond_out_channels: int, in_grid: SphereGrid, out_grid: SphereGrid, *,
                  hidden: int, rank: int, embed_channels: int, mlp_ratio: float, film_embed_channels: int = 0):
         super().__init__()
+        self.in_channels = in_channels
         self.embedding = nn.Parameter(0.1 * torch.randn(embed_channels, *in_grid.shape))
         # learned maps on the output grid beside the conditioning of the norms: lets a block
         # scale its features by position (a spectral conv alone is zonally equivariant)
@@ -85,14 +149,43 @@ class SphereBlock(nn.Module):
         film = self.film_embedding.to(cond_out.dtype).expand(cond_out.shape[0], -1, -1, -1)
         return torch.cat([cond_out, film], dim=1)
 
-    def forward(self, x: torch.Tensor, cond_in: torch.Tensor, cond_out: torch.Tensor) -> torch.Tensor:
-        batch = x.shape[0]
-        embedding = self.embedding.to(x.dtype).expand(batch, -1, -1, -1)
-        h = self.spectral(torch.cat([x, cond_in.to(x.dtype), embedding], dim=1))
+    def modulations(self, cond_out: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         film = self.film_conditioning(cond_out)
-        h = self.norm1(F.gelu(h), film)
-        h = self.norm2(h + self.mlp(h), film)
-        return self.output(h)
+        return [self.norm1.modulation_of(film), self.norm2.modulation_of(film)]
+
+    def spectrum(self, x: torch.Tensor, ops: SpectralOperators, first: int = 0) -> torch.Tensor:
+        """The spectral image (M, X, B, O) of input channels first..first+I-1 given as ``x``."""
+        return self.spectral.spectral(self.spectral.analyse(x, ops, first), ops)
+
+    def context(self, cond_in: torch.Tensor, cond_out: torch.Tensor | None,
+                ops: SpectralOperators | None = None) -> BlockContext:
+        """The conditioning's part of the block for conditioning maps of batch B (or 1 to
+        broadcast): the image of the conditioning and embedding channels, the modulations
+        (none without ``cond_out``: ``with_modulations`` adds them)."""
+        ops = self.spectral.operators() if ops is None else ops
+        embedding = self.embedding.to(cond_in.dtype).expand(cond_in.shape[0], -1, -1, -1)
+        shared = self.spectrum(torch.cat([cond_in, embedding], dim=1), ops, first=self.in_channels)
+        return BlockContext(ops, shared, [] if cond_out is None else self.modulations(cond_out))
+
+    def run(self, x: torch.Tensor, context: BlockContext, add: torch.Tensor | None = None) -> torch.Tensor:
+        """The block for member inputs ``x`` (B, I', H, W): channels 0..I'-1 of the input (the
+        rest, if any, given as a spectral image ``add``), with the conditioning's ``context``."""
+        ops = context.ops
+        shared = context.shared if add is None else context.shared + add
+        y = self.spectral.spectral(self.spectral.analyse(x, ops), ops, add=shared)
+        return self.tail(self.spectral.to_grid(y, ops), context.modulations)
+
+    def tail(self, h: torch.Tensor, modulations: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """The real-valued rest of the block after the spectral conv: (B, O, K, W) -> output."""
+        shape = h.shape[-2:]
+        h = self.norm1.normalise(F.gelu(h.flatten(2)), modulations[0])
+        branch = self.mlp.flat(h)
+        h = h.add_(branch) if _inplace() else h + branch
+        h = self.norm2.normalise(h, modulations[1])
+        return self.output.flat(h).float().unflatten(2, shape)
+
+    def forward(self, x: torch.Tensor, cond_in: torch.Tensor, cond_out: torch.Tensor) -> torch.Tensor:
+        return self.run(x, self.context(cond_in.to(x.dtype), cond_out))
 
 
 class LinearForcingResponse(nn.Module):

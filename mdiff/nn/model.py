@@ -35,11 +35,16 @@ from mdiff import variables as V
 from mdiff.config import ModelConfig
 from mdiff.grid import LatLonGrid
 from mdiff.nn.diffusion import CosineSchedule, TimeEmbedding, add_noise, ancestral_sample, v_target
-from mdiff.nn.layers import LinearForcingResponse, SphereBlock
+from mdiff.nn.layers import BlockContext, LinearForcingResponse, SphereBlock
 from mdiff.nn.seasonality import SeasonalityEmbedding
 from mdiff.nn.spectral import SphereGrid, TruncatedISHT, TruncatedSHT
 
 LOGVAR_RANGE = (-12.0, 6.0)  # keeps exp(logvar) finite early in training
+# A prepared month's members go through the denoiser and decoder in chunks of at most this
+# many: the work per member is the same, but a chunk's full-resolution tensors (48 x 121x240
+# floats = 5.6 MB a member) stay closer to the caches (50 members at once ran ~1.5x slower
+# per member than 5; docs/benchmarks.md).
+MEMBER_CHUNK = 8
 
 
 @dataclass
@@ -78,6 +83,23 @@ class Conditioning:
 
     def to(self, *args, **kwargs) -> Conditioning:
         return self._map(lambda x: x.to(*args, **kwargs))
+
+
+@dataclass
+class PreparedMonth:
+    """Everything fixed for one month of a rollout (``MonthlyDiffusion.prepare_month``): its
+    conditioning, the decoder's context and the denoiser's context for every diffusion step
+    (conditioning, embedding and time maps already through the spectral analysis and
+    synthesis; the norms' modulations). ``sample_next`` and ``decode`` accept it in place
+    of the ``Conditioning`` and then only the members' own inputs run per member."""
+
+    cond: Conditioning
+    decoder: BlockContext
+    steps: dict[int, BlockContext]  # diffusion step 1..T -> the denoiser's context
+
+    @property
+    def batch(self) -> int:
+        return self.cond.batch
 
 
 class MonthlyDiffusion(nn.Module):
@@ -174,10 +196,11 @@ class MonthlyDiffusion(nn.Module):
 
         Compute it once per month and pass it to many members (it broadcasts from batch 1).
         """
-        torch._check(forcing.dim() == 4 and forcing.shape[1] == self.n_forcing,
-                     lambda: f"forcing has shape {tuple(forcing.shape)}; expected (B, {self.n_forcing}, H, W)")
+        if forcing.dim() != 4 or forcing.shape[1] != self.n_forcing:
+            raise ValueError(f"forcing has shape {tuple(forcing.shape)}; expected (B, {self.n_forcing}, H, W)")
         month = torch.as_tensor(month, device=forcing.device).reshape(-1)
-        torch._check(month.shape[0] == forcing.shape[0], lambda: "one month per forcing sample expected")
+        if month.shape[0] != forcing.shape[0]:
+            raise ValueError(f"{month.shape[0]} months for {forcing.shape[0]} forcing samples; expected one each")
         batch = forcing.shape[0]
         g = self.global_sst_map(forcing)
         response = None
@@ -210,28 +233,66 @@ class MonthlyDiffusion(nn.Module):
         mu, logvar = self.encoder(state, cond.full, cond.latent).chunk(2, dim=1)
         return mu, logvar.clamp(*LOGVAR_RANGE)
 
-    def decode(self, latent: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+    def decode(self, latent: torch.Tensor, cond: Conditioning | PreparedMonth) -> torch.Tensor:
         """Latent (B, C, h, w) of a month with *that month's* conditioning -> state (B, 37, H, W)."""
-        cond = cond.broadcast(latent.shape[0])
-        state = self.decoder(latent, cond.latent, cond.full)
+        month = cond if isinstance(cond, PreparedMonth) else None
+        cond = month.cond if month else cond
+        context = month.decoder if month else self.decoder.context(cond.latent.to(latent.dtype), cond.full)
+        state = torch.cat([self.decoder.run(part, context) for part in self._chunks(latent, cond.batch)])
         return state if cond.response is None else state + cond.response.to(state.dtype)
 
-    def sample_next(self, latent: torch.Tensor, cond_next: Conditioning,
+    def prepare_month(self, cond: Conditioning) -> PreparedMonth:
+        """What ``sample_next`` and ``decode`` reuse for every member and diffusion step of the
+        month of ``cond`` (compute it once per month, at batch 1 for a rollout)."""
+        c = self.config.latent_channels
+        den = self.denoiser.context(cond.latent, None)  # the modulations are per step below
+        steps = torch.arange(1, self.config.diffusion_steps + 1, device=cond.latent.device)
+        time = self.time_maps(steps).to(cond.latent.dtype)  # (T, t, h, w)
+        time_spectra = self.denoiser.spectrum(time, den.ops, first=2 * c)  # (M, X, T, O)
+        contexts = {}
+        for i, step in enumerate(steps.tolist()):
+            step_time = time[i: i + 1].expand(cond.batch, -1, -1, -1)
+            modulations = self.denoiser.modulations(torch.cat([cond.latent, step_time], dim=1))
+            contexts[step] = den.with_modulations(modulations, add=time_spectra[:, :, i: i + 1])
+        return PreparedMonth(cond, self.decoder.context(cond.latent, cond.full), contexts)
+
+    def sample_next(self, latent: torch.Tensor, cond_next: Conditioning | PreparedMonth,
                     generator: torch.Generator | Sequence[torch.Generator]) -> torch.Tensor:
-        """Sample month t + 1's latent given month t's latent and month **t + 1**'s conditioning.
+        """Sample month t + 1's latent given month t's latent and month **t + 1**'s conditioning
+        (or its ``prepare_month``).
 
         ``generator``: one ``torch.Generator`` per member (a list of length B), so member k's
         noise does not depend on the batch it runs in; a single generator serves the batch.
         """
-        cond_next = cond_next.broadcast(latent.shape[0])
-        prior = self.standardise(latent)
+        month = cond_next if isinstance(cond_next, PreparedMonth) else self.prepare_month(cond_next)
+        if isinstance(generator, torch.Generator):  # one generator for the batch: one chunk
+            return self._sample_chunk(latent, month, generator)
+        parts = self._chunks(latent, month.batch)
+        starts = [0, *torch.tensor([p.shape[0] for p in parts]).cumsum(0).tolist()]
+        return torch.cat([self._sample_chunk(part, month, generator[start: start + part.shape[0]])
+                          for start, part in zip(starts, parts, strict=False)])
 
-        def predict(x, t):
-            return self.predict_v(x, t, prior, cond_next.latent)
+    def _sample_chunk(self, latent: torch.Tensor, month: PreparedMonth, generators) -> torch.Tensor:
+        c = self.config.latent_channels
+        # the prior latent's image: once per month and member, not per diffusion step
+        prior = self.denoiser.spectrum(self.standardise(latent), month.steps[1].ops, first=c)
 
-        x0 = ancestral_sample(self.schedule, predict, tuple(latent.shape), generator, latent.device,
+        def predict(x_t, t):
+            return self.denoiser.run(x_t, month.steps[int(t[0])], add=prior)
+
+        x0 = ancestral_sample(self.schedule, predict, tuple(latent.shape), generators, latent.device,
                               self.config.sampler_variance)
         return self.unstandardise(x0)
+
+    def compile_block_tails(self) -> None:
+        """torch.compile the real-valued tails of the denoiser and decoder (rollout.compile, GPU)."""
+        for block in (self.denoiser, self.decoder):
+            block.tail = torch.compile(block.tail, dynamic=False)
+
+    @staticmethod
+    def _chunks(members: torch.Tensor, context_batch: int) -> list[torch.Tensor]:
+        """Members in chunks of ``MEMBER_CHUNK`` when the context broadcasts (batch 1)."""
+        return list(members.split(MEMBER_CHUNK)) if context_batch == 1 else [members]
 
     # ------------------------------------------------------------------ pieces
     def standardise(self, latent: torch.Tensor) -> torch.Tensor:
@@ -292,11 +353,15 @@ class MonthlyDiffusion(nn.Module):
         self.latent_mean.lerp_(mean.float(), momentum)
         self.latent_std.lerp_(var.sqrt().float(), momentum)
 
+    def time_maps(self, t: torch.Tensor) -> torch.Tensor:
+        """The diffusion-time embedding of steps ``t`` (B,) as constant maps (B, T, h, w)."""
+        return self.time_embedding(t)[:, :, None, None].expand(-1, -1, *self.latent_grid.shape)
+
     def predict_v(self, x_t: torch.Tensor, t: torch.Tensor, prior: torch.Tensor,
                   cond_latent: torch.Tensor) -> torch.Tensor:
         """Denoiser: v from the noisy standardised latent, step t, the standardised prior latent
         and the target month's latent conditioning maps."""
-        time = self.time_embedding(t).to(x_t.dtype)[:, :, None, None].expand(-1, -1, *x_t.shape[-2:])
+        time = self.time_maps(t).to(x_t.dtype)
         return self.denoiser(torch.cat([x_t, prior, time], dim=1), cond_latent,
                              torch.cat([cond_latent, time], dim=1))
 

@@ -10,7 +10,8 @@ from torch import nn
 
 def month_angle_features(month: torch.Tensor) -> torch.Tensor:
     """(B,) ints 1..12 -> (B, 2) sin/cos of the month's phase in the year."""
-    torch._check(bool(((month >= 1) & (month <= 12)).all()), lambda: "month must be in 1..12")
+    if not bool(((month >= 1) & (month <= 12)).all()):
+        raise ValueError(f"months {month.tolist()}: expected months of the year in 1..12")
     phase = 2 * math.pi * (month.to(torch.float32) - 1) / 12
     return torch.stack([torch.sin(phase), torch.cos(phase)], dim=-1)
 
