@@ -170,8 +170,8 @@ def test_planted_nan_stops_the_run_naming_month_variable_member(setup, tmp_path)
         def encode(self, state, cond):
             return model.encode(state, cond)
 
-        def prepare_month(self, cond):
-            return model.prepare_month(cond)
+        def prepare_month(self, cond, constants=None):
+            return model.prepare_month(cond, constants)
 
         def sample_next(self, latent, cond, generators):
             return model.sample_next(latent, cond, generators)

@@ -37,7 +37,7 @@ from mdiff.grid import LatLonGrid
 from mdiff.nn.diffusion import CosineSchedule, TimeEmbedding, add_noise, ancestral_sample, v_target
 from mdiff.nn.layers import BlockContext, LinearForcingResponse, SphereBlock
 from mdiff.nn.seasonality import SeasonalityEmbedding
-from mdiff.nn.spectral import SphereGrid, TruncatedISHT, TruncatedSHT
+from mdiff.nn.spectral import SpectralOperators, SphereGrid, TruncatedISHT, TruncatedSHT
 
 LOGVAR_RANGE = (-12.0, 6.0)  # keeps exp(logvar) finite early in training
 # A prepared month's members go through the denoiser and decoder in chunks of at most this
@@ -86,6 +86,17 @@ class Conditioning:
 
 
 @dataclass
+class RunConstants:
+    """What stays fixed while the weights do (a rollout): the denoiser's and decoder's folded
+    spectral operators, the diffusion-time maps (T, t, h, w) and their spectral images."""
+
+    denoiser_ops: SpectralOperators
+    decoder_ops: SpectralOperators
+    time: torch.Tensor
+    time_spectra: torch.Tensor  # (M, X, T, O)
+
+
+@dataclass
 class PreparedMonth:
     """Everything fixed for one month of a rollout (``MonthlyDiffusion.prepare_month``): its
     conditioning, the decoder's context and the denoiser's context for every diffusion step
@@ -96,6 +107,7 @@ class PreparedMonth:
     cond: Conditioning
     decoder: BlockContext
     steps: dict[int, BlockContext]  # diffusion step 1..T -> the denoiser's context
+    constants: RunConstants
 
     @property
     def batch(self) -> int:
@@ -241,20 +253,27 @@ class MonthlyDiffusion(nn.Module):
         state = torch.cat([self.decoder.run(part, context) for part in self._chunks(latent, cond.batch)])
         return state if cond.response is None else state + cond.response.to(state.dtype)
 
-    def prepare_month(self, cond: Conditioning) -> PreparedMonth:
+    def run_constants(self, dtype: torch.dtype = torch.float32) -> RunConstants:
+        """The parts of ``prepare_month`` that depend on the weights alone (valid until they change)."""
+        steps = torch.arange(1, self.config.diffusion_steps + 1, device=self.latent_center.device)
+        time = self.time_maps(steps).to(dtype)  # (T, t, h, w)
+        ops = self.denoiser.spectral.operators()
+        time_spectra = self.denoiser.spectrum(time, ops, first=2 * self.config.latent_channels)
+        return RunConstants(ops, self.decoder.spectral.operators(), time, time_spectra)
+
+    def prepare_month(self, cond: Conditioning, constants: RunConstants | None = None) -> PreparedMonth:
         """What ``sample_next`` and ``decode`` reuse for every member and diffusion step of the
-        month of ``cond`` (compute it once per month, at batch 1 for a rollout)."""
-        c = self.config.latent_channels
-        den = self.denoiser.context(cond.latent, None)  # the modulations are per step below
-        steps = torch.arange(1, self.config.diffusion_steps + 1, device=cond.latent.device)
-        time = self.time_maps(steps).to(cond.latent.dtype)  # (T, t, h, w)
-        time_spectra = self.denoiser.spectrum(time, den.ops, first=2 * c)  # (M, X, T, O)
+        month of ``cond`` (compute it once per month, at batch 1 for a rollout). ``constants``:
+        a previous month's ``constants`` (the same weights), to skip recomputing them."""
+        fixed = self.run_constants(cond.latent.dtype) if constants is None else constants
+        den = self.denoiser.context(cond.latent, None, fixed.denoiser_ops)  # modulations: per step below
         contexts = {}
-        for i, step in enumerate(steps.tolist()):
-            step_time = time[i: i + 1].expand(cond.batch, -1, -1, -1)
+        for i in range(self.config.diffusion_steps):
+            step_time = fixed.time[i: i + 1].expand(cond.batch, -1, -1, -1)
             modulations = self.denoiser.modulations(torch.cat([cond.latent, step_time], dim=1))
-            contexts[step] = den.with_modulations(modulations, add=time_spectra[:, :, i: i + 1])
-        return PreparedMonth(cond, self.decoder.context(cond.latent, cond.full), contexts)
+            contexts[i + 1] = den.with_modulations(modulations, add=fixed.time_spectra[:, :, i: i + 1])
+        decoder = self.decoder.context(cond.latent, cond.full, fixed.decoder_ops)
+        return PreparedMonth(cond, decoder, contexts, fixed)
 
     def sample_next(self, latent: torch.Tensor, cond_next: Conditioning | PreparedMonth,
                     generator: torch.Generator | Sequence[torch.Generator]) -> torch.Tensor:

@@ -91,9 +91,11 @@ class EnsembleStepper:
         the latent of month ``start - 1``."""
         if len(generators) != latent.shape[0]:
             raise ValueError(f"{len(generators)} generators for {latent.shape[0]} members")
+        constants = None  # what depends on the weights alone: computed with the first month
         for index in range(start, self.months.shape[0]):
             with self._autocast():
-                month = self.model.prepare_month(self.conditioning(index))  # month t + 1
+                month = self.model.prepare_month(self.conditioning(index), constants)  # month t + 1
+                constants = month.constants
                 latent = self.model.sample_next(latent, month, list(generators)).float()
                 state = self.model.decode(latent, month).float()
             yield index, latent, state
