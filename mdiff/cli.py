@@ -431,8 +431,8 @@ def evaluate(args, cfg):
         doc = score(cfg, args.aimip_root, [Path(p) for p in args.state], args.output, args.cdo)
         log.info("%d scores: %s", len(doc["scores"]), Path(args.output) / "scores.json")
         return
-    from mdiff.evaluate.report import Inputs
     from mdiff.evaluate.report import evaluate as write_report
+    from mdiff.evaluate.scores import Inputs
 
     _require(args, "evaluate", "rollout", "forcing", "statics")
     write_report(cfg, Inputs([Path(p) for p in args.rollout], [Path(p) for p in args.state], Path(args.forcing),

@@ -70,7 +70,8 @@ def run(setting: str, seed: int, workdir: Path, sets: list[str], world_seed: int
     from mdiff.data import prepared as P
     from mdiff.data.statistics import compute_statistics, write_statistics
     from mdiff.data.synthetic import write_world
-    from mdiff.evaluate.report import Inputs, evaluate
+    from mdiff.evaluate.report import evaluate
+    from mdiff.evaluate.scores import Inputs
     from mdiff.grid import LatLonGrid
     from mdiff.rollout import rollout_file
     from mdiff.train import TrainOptions, train

@@ -27,7 +27,8 @@ from mdiff import variables as V
 from mdiff.cli import main as cli_main
 from mdiff.data.prepared import PreparedDataError, channels_to_dataset, month_range, skeleton, write
 from mdiff.evaluate import metrics as M
-from mdiff.evaluate.report import Inputs, evaluate
+from mdiff.evaluate.report import evaluate
+from mdiff.evaluate.scores import Inputs
 from mdiff.grid import LatLonGrid
 
 # ------------------------------------------------------------------ metric tests
