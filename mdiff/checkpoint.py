@@ -37,7 +37,8 @@ FORMAT_VERSION = 2
 # What a model config written before a key existed meant: MD v0.9's choices. Checkpoints
 # whose stored config lacks a key load with these values (not with today's defaults).
 MD_V09_MODEL = {"normalization": "global", "global_sst": "none", "linear_forcing": False,
-                "latent_standardization": "learned", "sampler_variance": "posterior", "film_embed_channels": 0}
+                "latent_standardization": "learned", "sampler_variance": "posterior", "film_embed_channels": 0,
+                "linear_forcing_gains": "static"}
 # Buffers added after checkpoint format 1 was first written; older weights lack them and get
 # the values a fresh model has (neutral for the MD v0.9 options such checkpoints use).
 ADDED_BUFFERS = ("latent_center", "latent_eofs", "latent_eof_scale", "latent_residual_scale")

@@ -287,6 +287,9 @@ class ModelConfig:
     linear_forcing: bool = True
     linear_forcing_channels: int = 8
     linear_forcing_rank: int = 32  # spectral rank of that map (a smooth, large-scale response)
+    # static: its gains vary with position only; seasonal: also with the month's seasonality
+    # maps and the sea ice (the response over ice follows the ice season; still linear in SST)
+    linear_forcing_gains: Literal["static", "seasonal"] = "static"
     # pca: the diffusion runs on the latent whitened by its principal components (recomputed
     # from the encoder means of the training months every epoch): white noise then already has
     # the latent's covariance; running: per-channel running mean/std (buffers); learned:
@@ -317,12 +320,6 @@ class ModelConfig:
                  "state only through the linear forcing path)")
         _require(self.decoder_mlp_ratio is None or self.decoder_mlp_ratio > 0,
                  f"model.decoder_mlp_ratio = {self.decoder_mlp_ratio}; expected > 0 or null")
-
-
-# What a model config written before a key existed meant: MD v0.9's choices. Checkpoints
-# whose stored config lacks a key load with these values (not with today's defaults).
-MD_V09_MODEL = {"normalization": "global", "global_sst": "none", "linear_forcing": False,
-                "latent_standardization": "learned", "sampler_variance": "posterior", "film_embed_channels": 0}
 
 
 @dataclass

@@ -218,9 +218,13 @@ def test_pca_whitening_round_trip_and_white_covariance():
     assert torch.allclose(model.unstandardise(model.standardise(x)), x, atol=1e-3)
 
 
-def test_linear_forcing_response_is_linear():
-    """The decoder's forcing path: twice the forcing anomaly gives twice the response."""
-    model = tiny_model()
+@pytest.mark.parametrize("gains", ["static", "seasonal"])
+def test_linear_forcing_response_is_linear_in_sst(gains):
+    """The decoder's forcing path: for fixed sea ice (the +dK protocol), twice the SST anomaly
+    gives twice the response, with gains fixed in time or following the season and the ice."""
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(TINY, linear_forcing_gains=gains), GRID)
+    model.set_statics(torch.randn(V.N_STATIC, *GRID.shape))
     with torch.no_grad():
         for p in model.linear_forcing.parameters():
             p.normal_()
@@ -229,13 +233,17 @@ def test_linear_forcing_response_is_linear():
         forcing[:, 0] *= 1 - forcing[:, 2]
         month = torch.tensor([5])
         base, doubled = forcing.clone(), forcing.clone()
-        base[:, :2] = 0
-        doubled[:, :2] *= 2
+        base[:, 0] = 0
+        doubled[:, 0] *= 2
         r0 = model.conditioning(base, month).response
         r1 = model.conditioning(forcing, month).response - r0
         r2 = model.conditioning(doubled, month).response - r0
+        other_month = model.conditioning(forcing, torch.tensor([11])).response - \
+            model.conditioning(base, torch.tensor([11])).response
     assert r1.abs().max() > 0
     assert torch.allclose(r2, 2 * r1, atol=1e-4 * float(r1.abs().max()))
+    # static gains: the same response in every month; seasonal: it follows the month
+    assert torch.allclose(other_month, r1, atol=1e-5) == (gains == "static")
 
 
 def test_reconstruction_loss_is_area_weighted():

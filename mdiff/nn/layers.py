@@ -196,19 +196,32 @@ class LinearForcingResponse(nn.Module):
     gains that vary with position (a 1x1 conv of the statics and learned maps). Being
     linear, its response to +4 K is twice its response to +2 K: the forced response
     extrapolates as a linear response does, where the normalised blocks saturate.
+
+    With ``gain_channels`` the gains also vary in time with the maps given to ``forward``
+    (the month's seasonality maps and sea ice): gain = fixed(x) + sum_j w_j g_j(x, t), so
+    the response of the air over ice can follow the ice season. The output stays linear in
+    the maps the spectral convolution reads for fixed gain maps (sea ice is unchanged by the
+    +dK protocol, so the response to +dK stays linear in dK).
     """
 
     def __init__(self, in_channels: int, out_channels: int, static_channels: int, grid: SphereGrid, *,
-                 channels: int, rank: int, embed_channels: int = 4):
+                 channels: int, rank: int, embed_channels: int = 4, gain_channels: int = 0):
         super().__init__()
         self.out_channels, self.channels = out_channels, channels
         self.spectral = SpectralConv(in_channels, channels, grid, grid, rank)
         self.embedding = nn.Parameter(0.1 * torch.randn(embed_channels, *grid.shape))
         self.gains = conv1x1(static_channels + embed_channels, out_channels * channels, zero=True)
+        # products (response map k) x (gain map j) -> state channels: the time-varying gains
+        self.varying_gains = conv1x1(channels * gain_channels, out_channels, zero=True) if gain_channels else None
 
-    def forward(self, forcing: torch.Tensor, statics: torch.Tensor) -> torch.Tensor:
-        """forcing (B, I, H, W), statics (S, H, W) -> (B, out_channels, H, W)."""
+    def forward(self, forcing: torch.Tensor, statics: torch.Tensor,
+                gain_maps: torch.Tensor | None = None) -> torch.Tensor:
+        """forcing (B, I, H, W), statics (S, H, W)[, gain_maps (B, J, H, W)] -> (B, out_channels, H, W)."""
         maps = self.spectral(forcing)
         features = torch.cat([statics, self.embedding.to(statics.dtype)], dim=0)[None]
         gains = self.gains(features).view(self.out_channels, self.channels, *maps.shape[-2:])
-        return torch.einsum("bkhw,ckhw->bchw", maps, gains.to(maps.dtype))
+        out = torch.einsum("bkhw,ckhw->bchw", maps, gains.to(maps.dtype))
+        if self.varying_gains is not None:
+            products = (maps[:, :, None] * gain_maps[:, None].to(maps.dtype)).flatten(1, 2)  # (B, K*J, H, W)
+            out = out + self.varying_gains(products)
+        return out

@@ -142,9 +142,11 @@ class MonthlyDiffusion(nn.Module):
                                     hidden=config.denoiser_hidden_channels or config.hidden_channels,
                                     embed_channels=e, mlp_ratio=ratio, film_embed_channels=f)
         # the linear path reads sst, siconc and the G map (not the fixed land mask)
+        # with linear_forcing_gains "seasonal" its gains also read the seasonality maps and sea ice
+        seasonal_gains = config.seasonal_channels + 1 if config.linear_forcing_gains == "seasonal" else 0
         self.linear_forcing = (LinearForcingResponse(self.n_forcing, self.n_state, self.n_static, full,
                                                      channels=config.linear_forcing_channels,
-                                                     rank=config.linear_forcing_rank)
+                                                     rank=config.linear_forcing_rank, gain_channels=seasonal_gains)
                                if config.linear_forcing else None)
         self.time_embedding = TimeEmbedding(t, config.diffusion_steps)
         self.schedule = CosineSchedule(config.diffusion_steps, config.cosine_s)
@@ -215,15 +217,18 @@ class MonthlyDiffusion(nn.Module):
             raise ValueError(f"{month.shape[0]} months for {forcing.shape[0]} forcing samples; expected one each")
         batch = forcing.shape[0]
         g = self.global_sst_map(forcing)
+        season = self.seasonality(month).to(forcing.dtype)
         response = None
         if self.linear_forcing is not None:
-            response = self.linear_forcing(torch.cat([forcing[:, :2], g], dim=1), self.statics.to(forcing.dtype))
+            gain_maps = (torch.cat([season, forcing[:, 1:2]], dim=1)
+                         if self.config.linear_forcing_gains == "seasonal" else None)
+            response = self.linear_forcing(torch.cat([forcing[:, :2], g], dim=1), self.statics.to(forcing.dtype),
+                                           gain_maps)
         if self.config.global_sst == "input":
             forcing = torch.cat([forcing, g], dim=1)
         elif self.config.global_sst == "linear":  # the networks see the pattern: SST minus G over ocean
             ocean = 1 - forcing[:, 2:3]
             forcing = torch.cat([forcing[:, :1] - g * ocean, forcing[:, 1:]], dim=1)
-        season = self.seasonality(month).to(forcing.dtype)
         statics = self.statics.to(forcing.dtype).expand(batch, -1, -1, -1)
         full = torch.cat([forcing, season, statics], dim=1)
         latent = torch.cat([self.resample_to_latent(torch.cat([forcing, season], dim=1)),
