@@ -289,7 +289,7 @@ class ModelConfig:
     linear_forcing_rank: int = 32  # spectral rank of that map (a smooth, large-scale response)
     # static: its gains vary with position only; seasonal: also with the month's seasonality
     # maps and the sea ice (the response over ice follows the ice season; still linear in SST)
-    linear_forcing_gains: Literal["static", "seasonal"] = "static"
+    linear_forcing_gains: Literal["static", "seasonal"] = "seasonal"
     # pca: the diffusion runs on the latent whitened by its principal components (recomputed
     # from the encoder means of the training months every epoch): white noise then already has
     # the latent's covariance; running: per-channel running mean/std (buffers); learned:

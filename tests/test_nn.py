@@ -272,7 +272,7 @@ def test_params_command_prints_the_count(capsys):
 
     assert main(["params", "--model", "config/model/md15.yaml", "--grid", "121x240"]) == 0
     out = capsys.readouterr().out
-    assert "3,465,930 parameters" in out and "(3.47 M" in out
+    assert "3,467,151 parameters" in out and "(3.47 M" in out
 
 
 def test_per_block_widths_and_latent_truncation():

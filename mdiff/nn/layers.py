@@ -220,7 +220,12 @@ class LinearForcingResponse(nn.Module):
         maps = self.spectral(forcing)
         features = torch.cat([statics, self.embedding.to(statics.dtype)], dim=0)[None]
         gains = self.gains(features).view(self.out_channels, self.channels, *maps.shape[-2:])
-        out = torch.einsum("bkhw,ckhw->bchw", maps, gains.to(maps.dtype))
+        gains = gains.to(maps.dtype)
+        # sum over the response maps as k multiply-adds (an einsum over "bkhw,ckhw" becomes a
+        # batched matmul of one tiny matrix per grid point: slow, and slower backward)
+        out = maps[:, :1] * gains[None, :, 0]
+        for k in range(1, self.channels):
+            out = out + maps[:, k: k + 1] * gains[None, :, k]
         if self.varying_gains is not None:
             products = (maps[:, :, None] * gain_maps[:, None].to(maps.dtype)).flatten(1, 2)  # (B, K*J, H, W)
             out = out + self.varying_gains(products)
