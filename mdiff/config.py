@@ -290,6 +290,10 @@ class ModelConfig:
     # static: its gains vary with position only; seasonal: also with the month's seasonality
     # maps and the sea ice (the response over ice follows the ice season; still linear in SST)
     linear_forcing_gains: Literal["static", "seasonal"] = "seasonal"
+    # zonal: its spectral map may differ with latitude (a rank-``linear_forcing_rank`` map per
+    # order m); isotropic: one convolution kernel everywhere (learned where SST varies, it
+    # applies where it never did in training: under the sea ice)
+    linear_forcing_kernel: Literal["zonal", "isotropic"] = "zonal"
     # pca: the diffusion runs on the latent whitened by its principal components (recomputed
     # from the encoder means of the training months every epoch): white noise then already has
     # the latent's covariance; running: per-channel running mean/std (buffers); learned:
@@ -339,6 +343,10 @@ class TrainConfig:
     epochs: int = 100
     batch_size: int = 4
     lr: float = 1e-3
+    # the linear forcing path's learning rate (None: lr). Its least-squares fit converges
+    # slowly at the networks' rate, and its +4K response keeps improving long after its
+    # validation loss is flat (docs/science.md)
+    linear_forcing_lr: float | None = None
     weight_decay: float = 1e-4
     ema_decay: float = 0.999
     grad_clip: float = 1.0

@@ -472,6 +472,16 @@ def _try_resume(opts, signature, model, ema, optimizer) -> Progress | None:
     return progress
 
 
+def parameter_groups(model: MonthlyDiffusion, tc: C.TrainConfig) -> list[dict]:
+    """The optimiser's parameter groups: the linear forcing path at ``linear_forcing_lr``."""
+    linear = model.linear_forcing
+    if linear is None or tc.linear_forcing_lr is None:
+        return [{"params": list(model.parameters())}]
+    own = {id(p) for p in linear.parameters()}
+    return [{"params": [p for p in model.parameters() if id(p) not in own]},
+            {"params": list(linear.parameters()), "lr": tc.linear_forcing_lr}]
+
+
 def train(opts: TrainOptions, stop: _StopFlag | None = None) -> int:
     """Train; returns 0 when done, EXIT_PREEMPTED when stopped by SIGTERM (checkpoint saved)."""
     tc = opts.model_file.train
@@ -494,7 +504,7 @@ def train(opts: TrainOptions, stop: _StopFlag | None = None) -> int:
     model.set_statics(load_statics(opts.statics, grid, normalizer))
     model.to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(model, tc), lr=tc.lr, weight_decay=tc.weight_decay)
     signature = run_signature(opts, normalizer)
     progress = (_try_resume(opts, signature, model, ema, optimizer) if opts.resume else None) or Progress()
     module = model

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mdiff.nn.spectral import SpectralConv, SpectralOperators, SphereGrid
+from mdiff.nn.spectral import IsotropicSpectralConv, SpectralConv, SpectralOperators, SphereGrid
 
 
 class Pointwise(nn.Conv2d):
@@ -205,10 +205,12 @@ class LinearForcingResponse(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, static_channels: int, grid: SphereGrid, *,
-                 channels: int, rank: int, embed_channels: int = 4, gain_channels: int = 0):
+                 channels: int, rank: int, embed_channels: int = 4, gain_channels: int = 0,
+                 kernel: str = "zonal"):
         super().__init__()
         self.out_channels, self.channels = out_channels, channels
-        self.spectral = SpectralConv(in_channels, channels, grid, grid, rank)
+        self.spectral = (IsotropicSpectralConv(in_channels, channels, grid) if kernel == "isotropic"
+                         else SpectralConv(in_channels, channels, grid, grid, rank))
         self.embedding = nn.Parameter(0.1 * torch.randn(embed_channels, *grid.shape))
         self.gains = conv1x1(static_channels + embed_channels, out_channels * channels, zero=True)
         # products (response map k) x (gain map j) -> state channels: the time-varying gains

@@ -146,7 +146,8 @@ class MonthlyDiffusion(nn.Module):
         seasonal_gains = config.seasonal_channels + 1 if config.linear_forcing_gains == "seasonal" else 0
         self.linear_forcing = (LinearForcingResponse(self.n_forcing, self.n_state, self.n_static, full,
                                                      channels=config.linear_forcing_channels,
-                                                     rank=config.linear_forcing_rank, gain_channels=seasonal_gains)
+                                                     rank=config.linear_forcing_rank, gain_channels=seasonal_gains,
+                                                     kernel=config.linear_forcing_kernel)
                                if config.linear_forcing else None)
         self.time_embedding = TimeEmbedding(t, config.diffusion_steps)
         self.schedule = CosineSchedule(config.diffusion_steps, config.cosine_s)

@@ -105,16 +105,6 @@ def legendre_tables(grid: SphereGrid) -> tuple[torch.Tensor, torch.Tensor]:
     return analysis, synthesis  # synthesis: (l, k, m) -> (m, k, l)
 
 
-def _fp32(fn):
-    """Run ``fn`` with autocast off and float inputs in fp32 (SHTs must stay fp32)."""
-
-    def wrapper(self, x):
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            return fn(self, x.to(torch.complex64) if x.is_complex() else x.float())
-
-    return wrapper
-
-
 class TruncatedSHT(nn.Module):
     """Forward real SHT of ``grid`` keeping orders m < ``mmax`` (degrees l < grid.lmax)."""
 
@@ -147,6 +137,29 @@ class TruncatedISHT(nn.Module):
         im = torch.einsum("...ml,mkl->...km", x.imag.contiguous(), self.pct)
         im = torch.cat([torch.zeros_like(im[..., :1]), im[..., 1:]], dim=-1)  # m = 0 is real
         return torch.fft.irfft(torch.complex(re, im), n=self.nlon, dim=-1, norm="forward")
+
+
+class IsotropicSpectralConv(nn.Module):
+    """Spherical convolution with isotropic kernels: ``y[o, l, m] = sum_i k[o, i, l] x[i, l, m]``.
+
+    One kernel (a function of angular distance) at every position, by the convolution
+    theorem on the sphere. Unlike ``SpectralConv`` (a map per order m, free to differ with
+    latitude) a kernel learned where the input varies applies unchanged where it never did:
+    the SST under sea ice is pinned at freezing in every training month, yet +dK raises it.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, grid: SphereGrid):
+        super().__init__()
+        self.sht, self.isht = TruncatedSHT(grid, grid.lmax), TruncatedISHT(grid, grid.lmax)
+        self.kernel = nn.Parameter(torch.randn(out_channels, in_channels, grid.lmax) / math.sqrt(in_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, I, H, W) -> (B, O, H, W)."""
+        c = self.sht(x)  # (B, I, L, M) complex
+        k = self.kernel.float()
+        re = torch.einsum("bilm,oil->bolm", c.real, k)
+        im = torch.einsum("bilm,oil->bolm", c.imag, k)
+        return self.isht(torch.complex(re, im)).to(x.dtype)
 
 
 def triangular_modes(lmax: int, mmax: int) -> tuple[torch.Tensor, torch.Tensor]:
