@@ -293,7 +293,7 @@ class ModelConfig:
     # zonal: its spectral map may differ with latitude (a rank-``linear_forcing_rank`` map per
     # order m); isotropic: one convolution kernel everywhere (learned where SST varies, it
     # applies where it never did in training: under the sea ice)
-    linear_forcing_kernel: Literal["zonal", "isotropic"] = "zonal"
+    linear_forcing_kernel: Literal["zonal", "isotropic", "both"] = "zonal"
     # pca: the diffusion runs on the latent whitened by its principal components (recomputed
     # from the encoder means of the training months every epoch): white noise then already has
     # the latent's covariance; running: per-channel running mean/std (buffers); learned:
@@ -347,6 +347,10 @@ class TrainConfig:
     # slowly at the networks' rate, and its +4K response keeps improving long after its
     # validation loss is flat (docs/science.md)
     linear_forcing_lr: float | None = None
+    # epochs of the linear forcing path alone (its least-squares loss, each training month
+    # once per epoch) before the joint training: seconds, and the CVAE then starts from what a
+    # near-converged linear response leaves
+    linear_forcing_prefit_epochs: int = 0
     weight_decay: float = 1e-4
     ema_decay: float = 0.999
     grad_clip: float = 1.0

@@ -472,6 +472,40 @@ def _try_resume(opts, signature, model, ema, optimizer) -> Progress | None:
     return progress
 
 
+def prefit_linear_forcing(model: MonthlyDiffusion, dataset: MonthPairDataset, area_weights: torch.Tensor,
+                          tc: C.TrainConfig, device: torch.device, show: bool = True) -> None:
+    """``tc.linear_forcing_prefit_epochs`` epochs of the linear forcing path alone on its
+    least-squares loss (the months of ``dataset`` in batches of 2 x batch_size, shuffled by a
+    generator of the training seed): deterministic, so a run killed before its first
+    checkpoint repeats it exactly."""
+    linear = model.linear_forcing
+    if linear is None or tc.linear_forcing_prefit_epochs <= 0:
+        return
+    params = list(linear.parameters())
+    optimizer = torch.optim.AdamW(params, lr=tc.linear_forcing_lr or tc.lr, weight_decay=tc.weight_decay)
+    order_gen = torch.Generator().manual_seed(tc.seed * 100_003 + 77)
+    n, size = len(dataset.months), 2 * tc.batch_size
+    started, losses = time.perf_counter(), []
+    model.train()
+    for _ in tqdm(range(tc.linear_forcing_prefit_epochs), desc="linear forcing prefit", disable=not show,
+                  leave=False, mininterval=2.0):
+        order, total = torch.randperm(n, generator=order_gen), 0.0
+        for i in range(0, n - size + 1, size):
+            idx = order[i: i + size]
+            forcing, state = dataset.forcing[idx].to(device), dataset.state[idx].to(device)
+            response = model.conditioning(forcing, dataset.month_of_year[idx].to(device)).response
+            loss = weighted_mse(response, state, area_weights).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+            optimizer.step()
+            total += float(loss.detach()) * len(idx)
+        losses.append(total / (n - n % size))
+    log.info("linear forcing prefit: %d epochs, regression loss %.4g -> %.4g, %.1f s", len(losses), losses[0],
+             losses[-1], time.perf_counter() - started)
+
+
 def parameter_groups(model: MonthlyDiffusion, tc: C.TrainConfig) -> list[dict]:
     """The optimiser's parameter groups: the linear forcing path at ``linear_forcing_lr``."""
     linear = model.linear_forcing
@@ -507,6 +541,10 @@ def train(opts: TrainOptions, stop: _StopFlag | None = None) -> int:
     optimizer = torch.optim.AdamW(parameter_groups(model, tc), lr=tc.lr, weight_decay=tc.weight_decay)
     signature = run_signature(opts, normalizer)
     progress = (_try_resume(opts, signature, model, ema, optimizer) if opts.resume else None) or Progress()
+    if progress.step == 0 and tc.linear_forcing_prefit_epochs > 0:  # (every process alike)
+        prefit_linear_forcing(model, train_set, torch.as_tensor(grid.area_weights, dtype=torch.float32,
+                                                                 device=device), tc, device, dist.main)
+        ema.load_state_dict(model.state_dict())
     module = model
     if dist.active:
         module = torch.nn.parallel.DistributedDataParallel(

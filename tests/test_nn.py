@@ -19,7 +19,13 @@ from mdiff.nn.model import (
     parameter_count,
     training_losses,
 )
-from mdiff.nn.spectral import SpectralConv, SphereGrid, TruncatedISHT, TruncatedSHT
+from mdiff.nn.spectral import (
+    IsotropicSpectralConv,
+    SpectralConv,
+    SphereGrid,
+    TruncatedISHT,
+    TruncatedSHT,
+)
 
 GRID = LatLonGrid(17, 32)
 TINY = ModelConfig(latent_channels=4, squeeze=2, seasonal_basis=3, hidden_channels=8, encoder_rank=8,
@@ -83,6 +89,24 @@ def test_spectral_conv_commutes_with_longitudinal_roll(out_grid):
     rolled = conv(torch.roll(x, shift, dims=-1))
     expected = torch.roll(conv(x), shift // ratio, dims=-1)
     assert (rolled - expected).abs().max() <= 1e-5 * max(1.0, expected.abs().max())
+
+
+def test_isotropic_conv_commutes_with_the_equatorial_mirror():
+    """One kernel everywhere: mirroring the input north-south mirrors the output (an
+    isotropic kernel commutes with every rotation and reflection), which the zonal map,
+    free to differ with latitude, does not."""
+    torch.manual_seed(0)
+    grid = SphereGrid.model(GRID)
+    x = torch.randn(2, 3, *GRID.shape)
+    iso, zonal = IsotropicSpectralConv(3, 4, grid), SpectralConv(3, 4, grid, grid, 8)
+    with torch.no_grad():
+        for conv, commutes in ((iso, True), (zonal, False)):
+            y, y_mirror = conv(x), conv(x.flip(-2))
+            error = float((y_mirror - y.flip(-2)).abs().max() / y.abs().max())
+            assert (error < 1e-4) == commutes, (type(conv).__name__, error)
+        # a constant field maps to the kernels' degree-0 weights times it
+        ones = iso(torch.ones(1, 3, *GRID.shape))
+        assert torch.allclose(ones, ones.mean(dim=(-2, -1), keepdim=True), atol=1e-4)
 
 
 def test_spectral_conv_resamples_and_counts_complex_once():
@@ -218,12 +242,13 @@ def test_pca_whitening_round_trip_and_white_covariance():
     assert torch.allclose(model.unstandardise(model.standardise(x)), x, atol=1e-3)
 
 
-@pytest.mark.parametrize("gains", ["static", "seasonal"])
-def test_linear_forcing_response_is_linear_in_sst(gains):
+@pytest.mark.parametrize("gains, kernel", [("static", "zonal"), ("seasonal", "zonal"), ("seasonal", "isotropic"),
+                                           ("seasonal", "both")])
+def test_linear_forcing_response_is_linear_in_sst(gains, kernel):
     """The decoder's forcing path: for fixed sea ice (the +dK protocol), twice the SST anomaly
     gives twice the response, with gains fixed in time or following the season and the ice."""
     torch.manual_seed(0)
-    model = build_model(dataclasses.replace(TINY, linear_forcing_gains=gains), GRID)
+    model = build_model(dataclasses.replace(TINY, linear_forcing_gains=gains, linear_forcing_kernel=kernel), GRID)
     model.set_statics(torch.randn(V.N_STATIC, *GRID.shape))
     with torch.no_grad():
         for p in model.linear_forcing.parameters():

@@ -15,11 +15,13 @@ from mdiff import config as C
 from mdiff.data.dataset import MonthPairDataset, load_statics
 from mdiff.data.normalize import Normalizer
 from mdiff.grid import LatLonGrid
-from mdiff.nn.model import build_model, draw_training_noise
+from mdiff.nn.model import build_model, draw_training_noise, weighted_mse
 from mdiff.train import (
     EXIT_PREEMPTED,
     TrainOptions,
     _StopFlag,
+    parameter_groups,
+    prefit_linear_forcing,
     sample_generator,
     train,
     train_step,
@@ -31,9 +33,9 @@ TINY = C.ModelConfig(latent_channels=4, squeeze=2, seasonal_basis=3, hidden_chan
 PERIODS = C.PeriodsConfig(train=["1980-01", "1980-12"], validate=["1979-01", "1979-06"])
 
 
-def options(world, out: Path, epochs: int, resume: bool = False) -> TrainOptions:
+def options(world, out: Path, epochs: int, resume: bool = False, **train_keys) -> TrainOptions:
     model_file = C.ModelFile(copy.deepcopy(TINY), C.TrainConfig(epochs=epochs, batch_size=4, sample_every=2,
-                                                               device="cpu"))
+                                                               device="cpu", **train_keys))
     return TrainOptions([str(p) for p in world.state_files], str(world.statics), str(world.stats),
                         str(out / "checkpoint.pt"), model_file, C.GridConfig(17, 32), PERIODS,
                         model_card=str(out / "model_card.md"), log_file=str(out / "train_log.jsonl"),
@@ -81,14 +83,49 @@ def test_train_writes_outputs_and_ema_is_what_inference_uses(tiny_world, tmp_pat
 
 
 def test_resume_continues_exactly(tiny_world, tmp_path):
+    # (with the linear forcing path prefitted and in its own parameter group, as in small.yaml)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    assert train(options(tiny_world, straight, epochs=2)) == 0
-    assert train(options(tiny_world, resumed, epochs=1)) == 0
-    assert train(options(tiny_world, resumed, epochs=2, resume=True)) == 0
+    linear = {"linear_forcing_lr": 1e-2, "linear_forcing_prefit_epochs": 2}
+    assert train(options(tiny_world, straight, epochs=2, **linear)) == 0
+    assert train(options(tiny_world, resumed, epochs=1, **linear)) == 0
+    assert train(options(tiny_world, resumed, epochs=2, resume=True, **linear)) == 0
     a, b = last_state(straight), last_state(resumed)
     assert_states_close(a["model_state"], b["model_state"], 1e-6)
     assert_states_close(a["ema_state"], b["ema_state"], 1e-6)
     assert a["progress"]["step"] == b["progress"]["step"] == 4
+
+
+def test_linear_forcing_path_has_its_own_learning_rate():
+    model = build_model(TINY, LatLonGrid(17, 32))
+    assert len(parameter_groups(model, C.TrainConfig(lr=1e-3))) == 1
+    rest, linear = parameter_groups(model, C.TrainConfig(lr=1e-3, linear_forcing_lr=2e-2))
+    assert linear["lr"] == 2e-2 and "lr" not in rest  # the rest takes the optimiser's lr
+    assert {id(p) for p in linear["params"]} == {id(p) for p in model.linear_forcing.parameters()}
+    ids = [id(p) for g in (rest, linear) for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters())  # every parameter once
+
+
+def test_linear_forcing_prefit_lowers_its_loss_and_repeats_exactly(tiny_world):
+    area = torch.as_tensor(tiny_world.grid.area_weights, dtype=torch.float32)
+    dataset = MonthPairDataset(tiny_world.state_files, Normalizer.load(tiny_world.stats, TINY.normalization),
+                               tiny_world.grid, *PERIODS.train)
+    tc = C.TrainConfig(batch_size=2, lr=1e-3, linear_forcing_lr=2e-2, linear_forcing_prefit_epochs=3)
+
+    def prefitted():
+        torch.manual_seed(0)
+        model = build_model(TINY, tiny_world.grid)
+        before = regression_loss(model)
+        prefit_linear_forcing(model, dataset, area, tc, torch.device("cpu"), show=False)
+        return model, before
+
+    def regression_loss(model):
+        with torch.no_grad():
+            response = model.conditioning(dataset.forcing, dataset.month_of_year).response
+            return float(weighted_mse(response, dataset.state, area).mean())
+
+    (a, before), (b, _) = prefitted(), prefitted()
+    assert regression_loss(a) < 0.9 * before
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 
 
 def test_sigterm_saves_checkpoint_then_exits_nonzero(tiny_world, tmp_path):

@@ -208,9 +208,12 @@ class LinearForcingResponse(nn.Module):
                  channels: int, rank: int, embed_channels: int = 4, gain_channels: int = 0,
                  kernel: str = "zonal"):
         super().__init__()
-        self.out_channels, self.channels = out_channels, channels
         self.spectral = (IsotropicSpectralConv(in_channels, channels, grid) if kernel == "isotropic"
                          else SpectralConv(in_channels, channels, grid, grid, rank))
+        # both: the zonal maps and as many isotropic ones
+        self.isotropic = IsotropicSpectralConv(in_channels, channels, grid) if kernel == "both" else None
+        channels = 2 * channels if kernel == "both" else channels
+        self.out_channels, self.channels = out_channels, channels
         self.embedding = nn.Parameter(0.1 * torch.randn(embed_channels, *grid.shape))
         self.gains = conv1x1(static_channels + embed_channels, out_channels * channels, zero=True)
         # products (response map k) x (gain map j) -> state channels: the time-varying gains
@@ -220,6 +223,8 @@ class LinearForcingResponse(nn.Module):
                 gain_maps: torch.Tensor | None = None) -> torch.Tensor:
         """forcing (B, I, H, W), statics (S, H, W)[, gain_maps (B, J, H, W)] -> (B, out_channels, H, W)."""
         maps = self.spectral(forcing)
+        if self.isotropic is not None:
+            maps = torch.cat([maps, self.isotropic(forcing)], dim=1)
         features = torch.cat([statics, self.embedding.to(statics.dtype)], dim=0)[None]
         gains = self.gains(features).view(self.out_channels, self.channels, *maps.shape[-2:])
         gains = gains.to(maps.dtype)
