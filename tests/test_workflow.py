@@ -74,14 +74,14 @@ def test_bad_config_key_fails_with_the_key(tmp_path):
 
 def tiny_workflow(wf: Path, **sections) -> Path:
     """The workflow at ``wf`` made tiny: a 9 x 16 grid, 2 truth realisations, 2 members, one
-    epoch of the small model; ``sections``: further config sections."""
+    epoch (and one prefit epoch) of the small model; ``sections``: further config sections."""
     cfg = yaml.safe_load((wf / "config" / "config.yaml").read_text())
     cfg.update(grid={"nlat": 9, "nlon": 16}, **sections)
     cfg["synthetic"]["realizations"] = 2
     cfg["rollout"].update(members=2, member_batch=2)
     (wf / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
     model = yaml.safe_load((wf / "config" / "model" / "small.yaml").read_text())
-    model["train"]["epochs"] = 1
+    model["train"].update(epochs=1, linear_forcing_prefit_epochs=1)
     (wf / "config" / "model" / "small.yaml").write_text(yaml.safe_dump(model))
     return wf
 
