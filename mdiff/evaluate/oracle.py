@@ -7,8 +7,9 @@ components of the SST anomaly field over ocean (area-weighted EOFs of the traini
 The number of components is chosen on the validation months (AI-MIP: selection within
 1979-2014). A uniform +dK over ocean projects onto the same EOFs, so the oracle's response
 to +dK is ``B @ pcs(dK)``. It sees the same inputs as the emulator and nothing after 2014:
-on the synthetic world its scores are the ceiling that the training data allow a linear
-method, shown beside the emulator's.
+on the synthetic world its scores are what a per-point linear fit of the SST EOFs gets
+from the training data, shown beside the emulator's (a reference, not a bound: it has no
+sea ice and no season, and the emulator's +4K pattern correlation now exceeds it).
 """
 
 from __future__ import annotations

@@ -96,8 +96,8 @@ def build_html(ev: Evaluation, figs: dict[str, Path]) -> str:
             parts.append("<h2>At a glance: the emulator against the known truth</h2><p>Perfect-model scores on "
                          "the synthetic world (1 = right). Target: the range the default run must reach "
                          "(green when met). Linear oracle: a linear regression of the state on the SST, fitted "
-                         "on the training months only: the ceiling that the training data allow a linear "
-                         "method (docs/science.md).</p>")
+                         "on the training months only: a reference for what a per-point linear fit of the "
+                         "training data gives, not a bound (docs/science.md).</p>")
             body = "".join(
                 f"<tr class=\"{'met' if r['met'] else 'missed'}\"><td>{html.escape(r['label'])}</td>"
                 f"<td>{_fmt(r['value'])}</td><td>{html.escape(r['target'])}</td><td>{_fmt(r['oracle'])}</td>"

@@ -510,7 +510,7 @@ class Evaluation:
                         self.scores.add(f"perfect.response.{d.label}.{exp}.oracle_pattern_correlation",
                                         M.pattern_correlation(self.grid, resp, true), "1",
                                         "perfect model: pattern correlation of the linear oracle's response "
-                                        "with the exact one (the ceiling of a linear fit to the training months)")
+                                        "with the exact one (a per-point linear fit to the training months)")
                         self.scores.add(f"perfect.response.{d.label}.{exp}.oracle_amplitude_ratio",
                                         M.amplitude_ratio(self.grid, resp, true), "1",
                                         "perfect model: amplitude of the linear oracle's response along the exact one")
