@@ -59,7 +59,7 @@ def _our_training(args, device):
     from mdiff.config import load_model_file
     from mdiff.grid import LatLonGrid
     from mdiff.nn.model import build_model, draw_training_noise, parameter_count
-    from mdiff.train import ema_decay, sample_generator, train_step, update_ema
+    from mdiff.train import configure_objective, ema_decay, sample_generator, train_step, update_ema
 
     model_file = load_model_file(args.model)
     tc = model_file.train
@@ -68,6 +68,7 @@ def _our_training(args, device):
     grid = LatLonGrid(*map(int, args.grid.split("x")))
     torch.manual_seed(0)
     model = build_model(model_file.model, grid).to(device)
+    configure_objective(model, tc)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     area = torch.as_tensor(grid.area_weights, dtype=torch.float32, device=device)

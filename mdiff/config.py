@@ -362,6 +362,9 @@ class TrainConfig:
     # target (docs/science.md). false: the diffusion sees the encoder's latents detached.
     diffusion_grad_to_encoder: bool = False
     latent_momentum: float = 0.01  # update rate of the running latent statistics
+    # both: decode months t and t + 1 of each pair; next: month t + 1 only (each month is the
+    # t + 1 of one pair, so an epoch still reconstructs every month once; half the decoding)
+    reconstruct: Literal["both", "next"] = "both"
     # last: keep the EMA model of the last epoch; best: MD v0.9's lowest validation
     # reconstruction + denoising loss (with a PCA-whitened latent the basis is refreshed every
     # epoch, so denoising losses of different epochs are not comparable)

@@ -472,6 +472,13 @@ def _try_resume(opts, signature, model, ema, optimizer) -> Progress | None:
     return progress
 
 
+def configure_objective(model: MonthlyDiffusion, tc: C.TrainConfig) -> None:
+    """Set the training objective's switches of ``tc`` on ``model`` (training and `mdiff bench
+    train` alike)."""
+    model.grad_to_encoder, model.latent_momentum = tc.diffusion_grad_to_encoder, tc.latent_momentum
+    model.reconstruct_both = tc.reconstruct == "both"
+
+
 def prefit_linear_forcing(model: MonthlyDiffusion, dataset: MonthPairDataset, area_weights: torch.Tensor,
                           tc: C.TrainConfig, device: torch.device, show: bool = True) -> None:
     """``tc.linear_forcing_prefit_epochs`` epochs of the linear forcing path alone on its
@@ -534,7 +541,7 @@ def train(opts: TrainOptions, stop: _StopFlag | None = None) -> int:
 
     torch.manual_seed(tc.seed)
     model = build_model(opts.model_file.model, grid)
-    model.grad_to_encoder, model.latent_momentum = tc.diffusion_grad_to_encoder, tc.latent_momentum
+    configure_objective(model, tc)
     model.set_statics(load_statics(opts.statics, grid, normalizer))
     model.to(device)
     ema = copy.deepcopy(model).requires_grad_(False)

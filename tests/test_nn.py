@@ -18,6 +18,7 @@ from mdiff.nn.model import (
     draw_training_noise,
     parameter_count,
     training_losses,
+    weighted_mse,
 )
 from mdiff.nn.spectral import (
     IsotropicSpectralConv,
@@ -311,3 +312,27 @@ def test_per_block_widths_and_latent_truncation():
     assert model.latent_grid.lmax == 3 and model.denoiser.spectral.mmax == 3
     with pytest.raises(ConfigError, match="decoder_hidden_channels"):
         dataclasses.replace(TINY, decoder_hidden_channels=0)
+
+
+def test_reconstructing_month_t_plus_1_only(monkeypatch):
+    """train.reconstruct: next decodes month t + 1 alone (half the decoding) and its
+    reconstruction term is that month's error; both: the mean of the two months' errors."""
+    model = tiny_model()
+    batch = random_batch()
+    noise = draw_training_noise(model, [torch.Generator().manual_seed(i) for i in range(2)])
+    decoded = []
+    original = model.decode
+    monkeypatch.setattr(model, "decode", lambda z, cond: decoded.append(z.shape[0]) or original(z, cond))
+    both = training_losses(model, batch, noise, area())
+    nxt = training_losses(model, batch, noise, area(), reconstruct_both=False)
+    b = batch["state"].shape[0]
+    assert decoded == [2 * b, b]
+    with torch.no_grad():  # month t + 1 by hand: the same latent draw, its own conditioning
+        cond_next = model.conditioning(batch["forcing_next"], batch["month_next"])
+        mu, logvar = model.encode(batch["state_next"], cond_next)
+        z = mu + (0.5 * logvar).exp() * noise.eps_next
+        expected = weighted_mse(original(z, cond_next), batch["state_next"], area())
+    assert torch.allclose(nxt["reconstruction"], expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(both["reconstruction"], expected)
+    for term in ("diffusion", "kl", "forcing_regression"):  # the other terms do not change
+        assert torch.allclose(both[term], nxt[term])

@@ -397,12 +397,13 @@ class MonthlyDiffusion(nn.Module):
     # ------------------------------------------------------------------ training objective
     # set by mdiff.train from the train config (not part of the architecture)
     grad_to_encoder: bool = True
+    reconstruct_both: bool = True
     latent_momentum: float = 0.01
 
     def forward(self, batch: dict[str, torch.Tensor], noise: TrainingNoise,
                 state_weights: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-sample loss terms (B,) of the joint objective; see ``training_losses``."""
-        return training_losses(self, batch, noise, state_weights, self.grad_to_encoder)
+        return training_losses(self, batch, noise, state_weights, self.grad_to_encoder, self.reconstruct_both)
 
 
 @dataclass
@@ -455,12 +456,15 @@ def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor, model: Monthly
 
 
 def training_losses(model: MonthlyDiffusion, batch: dict[str, torch.Tensor], noise: TrainingNoise,
-                    state_weights: torch.Tensor, grad_to_encoder: bool = True) -> dict[str, torch.Tensor]:
+                    state_weights: torch.Tensor, grad_to_encoder: bool = True,
+                    reconstruct_both: bool = True) -> dict[str, torch.Tensor]:
     """The joint objective, per sample (B,): reconstruction (area-weighted with
     ``state_weights``), v-prediction, KL and latent population terms.
 
     The denoiser is conditioned on a *sampled* prior latent z_t = mu_t + sigma_t eps and on
     month t + 1's conditioning, and targets mu_{t+1} (stochastic prior-state conditioning).
+    ``reconstruct_both=False`` decodes month t + 1 only: every month is the t + 1 of one pair,
+    so an epoch still reconstructs each month once, at half the decoder's cost.
     """
     b = batch["state"].shape[0]
     cond = model.conditioning(batch["forcing"], batch["month"])
@@ -476,7 +480,12 @@ def training_losses(model: MonthlyDiffusion, batch: dict[str, torch.Tensor], noi
         both = Conditioning(both.full, both.latent, both.response.detach())
     mu, logvar = model.encode(states, both)
     z = mu + (0.5 * logvar).exp() * torch.cat([noise.eps, noise.eps_next])
-    recon = weighted_mse(model.decode(z, both), states, state_weights)
+    if reconstruct_both:
+        recon = pair_mean_of(weighted_mse(model.decode(z, both), states, state_weights), b)
+    else:
+        nxt = Conditioning(cond_next.full, cond_next.latent,
+                           None if cond_next.response is None else cond_next.response.detach())
+        recon = weighted_mse(model.decode(z[b:], nxt), states[b:], state_weights)
 
     if model.training and model.config.latent_standardization == "running":
         model.track_latent_statistics(mu, model.latent_momentum)
@@ -490,12 +499,12 @@ def training_losses(model: MonthlyDiffusion, batch: dict[str, torch.Tensor], noi
         return pair_mean_of(x, b)
 
     return {
-        "reconstruction": pair_mean(recon),
+        "reconstruction": recon,
         "forcing_regression": regression,
         "diffusion": diffusion.mean(dim=1),
         "kl": pair_mean(kl_to_standard_normal(mu, logvar, model)),
         "latent_stats": (pair_mean(latent_stats_loss(model, mu)) if isinstance(model.latent_mean, nn.Parameter)
-                         else torch.zeros_like(recon[:b])),
+                         else torch.zeros_like(recon)),
     }
 
 
