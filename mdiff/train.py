@@ -491,7 +491,8 @@ def prefit_linear_forcing(model: MonthlyDiffusion, dataset: MonthPairDataset, ar
     params = list(linear.parameters())
     optimizer = torch.optim.AdamW(params, lr=tc.linear_forcing_lr or tc.lr, weight_decay=tc.weight_decay)
     order_gen = torch.Generator().manual_seed(tc.seed * 100_003 + 77)
-    n, size = len(dataset.months), 2 * tc.batch_size
+    n = len(dataset.months)
+    size = min(2 * tc.batch_size, n)  # a short training period: one batch of all its months
     started, losses = time.perf_counter(), []
     model.train()
     for _ in tqdm(range(tc.linear_forcing_prefit_epochs), desc="linear forcing prefit", disable=not show,

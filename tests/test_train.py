@@ -105,11 +105,13 @@ def test_linear_forcing_path_has_its_own_learning_rate():
     assert sorted(ids) == sorted(id(p) for p in model.parameters())  # every parameter once
 
 
-def test_linear_forcing_prefit_lowers_its_loss_and_repeats_exactly(tiny_world):
+@pytest.mark.parametrize("batch_size", [2, 64])  # 64: more than the training period's months
+def test_linear_forcing_prefit_lowers_its_loss_and_repeats_exactly(tiny_world, batch_size):
     area = torch.as_tensor(tiny_world.grid.area_weights, dtype=torch.float32)
     dataset = MonthPairDataset(tiny_world.state_files, Normalizer.load(tiny_world.stats, TINY.normalization),
                                tiny_world.grid, *PERIODS.train)
-    tc = C.TrainConfig(batch_size=2, lr=1e-3, linear_forcing_lr=2e-2, linear_forcing_prefit_epochs=3)
+    assert (batch_size < len(dataset.months)) == (batch_size == 2)
+    tc = C.TrainConfig(batch_size=batch_size, lr=1e-3, linear_forcing_lr=2e-2, linear_forcing_prefit_epochs=3)
 
     def prefitted():
         torch.manual_seed(0)
