@@ -332,6 +332,8 @@ class LossWeights:
     # the linear forcing path's own least-squares fit to the state (model.linear_forcing)
     forcing_regression: float = 1.0
     diffusion: float = 0.5
+    # the v error along the whitened latent's principal directions (model.leading_pc_error)
+    leading_pcs: float = 0.0
     kl: float = 5e-3
     latent_stats: float = 1e-2
 

@@ -58,7 +58,7 @@ from mdiff.nn.model import (
 log = logging.getLogger(__name__)
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: Slurm and Snakemake see a failed (requeueable) job
-LOSS_TERMS = ("reconstruction", "forcing_regression", "diffusion", "kl", "latent_stats")
+LOSS_TERMS = ("reconstruction", "forcing_regression", "diffusion", "leading_pcs", "kl", "latent_stats")
 SELECTION_RULES = {
     "best": ("lowest validation score = reconstruction weight x reconstruction MSE + "
              "diffusion weight x v-prediction MSE, of the EMA model"),

@@ -336,3 +336,33 @@ def test_reconstructing_month_t_plus_1_only(monkeypatch):
     assert not torch.allclose(both["reconstruction"], expected)
     for term in ("diffusion", "kl", "forcing_regression"):  # the other terms do not change
         assert torch.allclose(both[term], nxt[term])
+
+
+def test_leading_pc_error_weighs_the_whitening_directions():
+    """The leading_pcs term is the mean square of the v error's projections on the whitening's
+    principal directions: an error along one of them counts fully, one orthogonal to all of
+    them not at all (the diffusion term sees both as one direction among C*h*w); without PCA
+    whitening it is zero, and it reaches the denoiser's gradient."""
+    model = tiny_model()
+    g = torch.Generator().manual_seed(5)
+    shape = model.latent_shape
+    size = int(torch.tensor(shape).prod())
+    model.set_latent_basis((torch.randn(300, 4, generator=g) @ torch.randn(4, size, generator=g)
+                            + 0.01 * torch.randn(300, size, generator=g)).view(300, *shape))
+    eofs = model.latent_eofs
+    k = eofs.shape[0]
+    along = 3.0 * eofs[1].view(1, *shape)
+    ortho = torch.randn(1, size, generator=g)
+    ortho = (ortho - (ortho @ eofs.T) @ eofs).view(1, *shape)
+    got = model.leading_pc_error(torch.cat([along, ortho]))
+    assert torch.allclose(got, torch.tensor([9.0 / k, 0.0]), atol=1e-4)
+    assert model.area_mean(along.square()).mean() < got[0] / 2  # diluted in the plain term (k < C*h*w)
+    torch.manual_seed(0)
+    plain = build_model(dataclasses.replace(TINY, latent_standardization="running"), GRID)
+    assert torch.equal(plain.leading_pc_error(torch.cat([along, ortho])), torch.zeros(2))
+    batch = random_batch()
+    noise = draw_training_noise(model, [torch.Generator().manual_seed(i) for i in range(2)])
+    model.zero_grad()
+    training_losses(model, batch, noise, area())["leading_pcs"].mean().backward()
+    grad = sum(float(p.grad.abs().sum()) for p in model.denoiser.parameters() if p.grad is not None)
+    assert grad > 0

@@ -151,11 +151,18 @@ class Normalizer:
         if months is None:
             raise ValueError("the anomaly normalisation needs the month of year of every field")
         index = np.asarray(months, dtype=np.int64) - 1
-        stack = np.stack([self.climatology[n] for n in names], axis=1)  # (12, C, H, W)
-        clim = stack[index]  # (C, H, W) or (T, C, H, W)
+        clim = self._stacked_climatology(tuple(names))[index]  # (C, H, W) or (T, C, H, W)
         while clim.ndim < ndim:
             clim = clim[None]
-        return np.nan_to_num(clim, nan=0.0)
+        return clim
+
+    def _stacked_climatology(self, names: tuple[str, ...]) -> np.ndarray:
+        """(12, C, H, W) climatology of ``names``, NaN as 0, built once per channel list (a
+        rollout denormalises every month with it)."""
+        cache = self.__dict__.setdefault("_stacked", {})
+        if names not in cache:
+            cache[names] = np.nan_to_num(np.stack([self.climatology[n] for n in names], axis=1), nan=0.0)
+        return cache[names]
 
     def normalize(self, x: np.ndarray, names: Sequence[str], months=None) -> np.ndarray:
         anomaly = self._uses_anomalies(names)
@@ -170,11 +177,16 @@ class Normalizer:
     def denormalize(self, y: np.ndarray, names: Sequence[str], months=None) -> np.ndarray:
         anomaly = self._uses_anomalies(names)
         mean, std = self._vectors(names, anomaly)
-        z = np.asarray(y, dtype=np.float32) * std + mean
-        if anomaly:
-            z = z + self._clim(names, months, z.ndim)
+        # in place on one float32 array: a rollout denormalises every month of every member
+        z = np.multiply(y, std, dtype=np.float32)
+        offset = self._clim(names, months, z.ndim) if anomaly else mean
+        if np.broadcast_shapes(z.shape, np.shape(offset)) == z.shape:
+            z += offset
+        else:  # one field for many months: the result takes the months' axis
+            z = z + offset
         for i, n in enumerate(names):
-            z[..., i, :, :] = inverse_transform(z[..., i, :, :], self.stats[n].transform)
+            if self.stats[n].transform != "none":
+                z[..., i, :, :] = inverse_transform(z[..., i, :, :], self.stats[n].transform)
         return z
 
     def forcing(self, sst: np.ndarray, siconc: np.ndarray, sst_offset_k: float = 0.0, months=None) -> np.ndarray:

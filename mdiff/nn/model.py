@@ -45,6 +45,11 @@ LOGVAR_RANGE = (-12.0, 6.0)  # keeps exp(logvar) finite early in training
 # floats = 5.6 MB a member) stay closer to the caches (50 members at once ran ~1.5x slower
 # per member than 5; docs/benchmarks.md).
 MEMBER_CHUNK = 8
+# The decoder's tail works on full-resolution tensors at every step, so on a CPU it keeps
+# its chunks smaller still: 10 MD-1.5 members decoded in 162-191 ms in chunks of 2 against
+# 274-298 ms in chunks of 8 (2 threads, 32 MB L3; the denoiser, on the latent grid, is
+# fastest at 8). On a GPU the decoder takes the denoiser's chunks.
+DECODE_CHUNK_CPU = 2
 
 
 @dataclass
@@ -256,7 +261,8 @@ class MonthlyDiffusion(nn.Module):
         month = cond if isinstance(cond, PreparedMonth) else None
         cond = month.cond if month else cond
         context = month.decoder if month else self.decoder.context(cond.latent.to(latent.dtype), cond.full)
-        state = torch.cat([self.decoder.run(part, context) for part in self._chunks(latent, cond.batch)])
+        chunk = DECODE_CHUNK_CPU if latent.device.type == "cpu" else MEMBER_CHUNK
+        state = torch.cat([self.decoder.run(part, context) for part in self._chunks(latent, cond.batch, chunk)])
         return state if cond.response is None else state + cond.response.to(state.dtype)
 
     def run_constants(self, dtype: torch.dtype = torch.float32) -> RunConstants:
@@ -315,9 +321,9 @@ class MonthlyDiffusion(nn.Module):
             block.tail = torch.compile(block.tail, dynamic=False)
 
     @staticmethod
-    def _chunks(members: torch.Tensor, context_batch: int) -> list[torch.Tensor]:
-        """Members in chunks of ``MEMBER_CHUNK`` when the context broadcasts (batch 1)."""
-        return list(members.split(MEMBER_CHUNK)) if context_batch == 1 else [members]
+    def _chunks(members: torch.Tensor, context_batch: int, size: int = MEMBER_CHUNK) -> list[torch.Tensor]:
+        """Members in chunks of ``size`` when the context broadcasts (batch 1)."""
+        return list(members.split(size)) if context_batch == 1 else [members]
 
     # ------------------------------------------------------------------ pieces
     def standardise(self, latent: torch.Tensor) -> torch.Tensor:
@@ -377,6 +383,19 @@ class MonthlyDiffusion(nn.Module):
         mean, var = moments[0], (moments[1] - moments[0].square()).clamp_min(0)
         self.latent_mean.lerp_(mean.float(), momentum)
         self.latent_std.lerp_(var.sqrt().float(), momentum)
+
+    def leading_pc_error(self, error: torch.Tensor) -> torch.Tensor:
+        """Mean square (B,) of a whitened-latent error (B, C, h, w) along the whitening's
+        principal directions (latent_standardization pca; zeros otherwise).
+
+        The diffusion loss averages over all C*h*w directions, so the few that carry the
+        large-scale variability weigh almost nothing in it (128 of 4608 at 37x72): a denoiser
+        trained on it alone predicts x0 along them worse than x0 = sqrt(abar) x_t would, and
+        its samples carry 2-4x their variance (docs/science.md, "The circulation's excess
+        variance"). This term gives those directions their own weight."""
+        if self.latent_eofs.shape[0] == 0:
+            return error.new_zeros(error.shape[0])
+        return (error.flatten(1).float() @ self.latent_eofs.T).square().mean(dim=1)
 
     def time_maps(self, t: torch.Tensor) -> torch.Tensor:
         """The diffusion-time embedding of steps ``t`` (B,) as constant maps (B, T, h, w)."""
@@ -493,7 +512,8 @@ def training_losses(model: MonthlyDiffusion, batch: dict[str, torch.Tensor], noi
     prior, target = model.standardise(diffusion_prior), model.standardise(diffusion_target)
     x_t = add_noise(model.schedule, target, noise.eps_diffusion, noise.step)
     v = model.predict_v(x_t, noise.step, prior, cond_next.latent)
-    diffusion = model.area_mean((v - v_target(model.schedule, target, noise.eps_diffusion, noise.step)).square())
+    v_error = v - v_target(model.schedule, target, noise.eps_diffusion, noise.step)
+    diffusion = model.area_mean(v_error.square())
 
     def pair_mean(x):
         return pair_mean_of(x, b)
@@ -502,6 +522,7 @@ def training_losses(model: MonthlyDiffusion, batch: dict[str, torch.Tensor], noi
         "reconstruction": recon,
         "forcing_regression": regression,
         "diffusion": diffusion.mean(dim=1),
+        "leading_pcs": model.leading_pc_error(v_error),
         "kl": pair_mean(kl_to_standard_normal(mu, logvar, model)),
         "latent_stats": (pair_mean(latent_stats_loss(model, mu)) if isinstance(model.latent_mean, nn.Parameter)
                          else torch.zeros_like(recon)),
