@@ -78,8 +78,10 @@ def member_noise(shape: tuple[int, ...], generators: torch.Generator | Sequence[
         return torch.randn(shape, generator=generators, device=generators.device).to(device)
     if len(generators) != shape[0]:
         raise ValueError(f"got {len(generators)} generators for a batch of {shape[0]}; expected one per member")
-    rows = [torch.randn(shape[1:], generator=g, device=g.device) for g in generators]
-    return torch.stack(rows).to(device)
+    noise = torch.empty(shape, device=generators[0].device)
+    for row, g in zip(noise, generators, strict=True):  # each row drawn in place: no stacking copy
+        torch.randn(shape[1:], generator=g, device=g.device, out=row)
+    return noise.to(device)
 
 
 def ancestral_sample(schedule: CosineSchedule, predict_v: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
