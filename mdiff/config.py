@@ -300,6 +300,11 @@ class ModelConfig:
     # MD v0.9's trained mean/std parameters (the denoising loss shrinks them)
     latent_standardization: Literal["pca", "running", "learned"] = "pca"
     latent_eofs: int = 128  # principal components whitened (the rest shares one scale)
+    # the scale shared by the rest: in_sample, the variance the fitted components leave in the
+    # months they were fitted to; held_out, the variance components fitted to half the months
+    # leave in the other half (what new latents have: in_sample shrinks as latent_eofs nears
+    # the number of months)
+    latent_residual: Literal["in_sample", "held_out"] = "in_sample"
     # beta: ancestral steps with variance beta_t (keeps the variance of the data);
     # posterior: MD v0.9's posterior variance (under-disperses with 15 steps)
     sampler_variance: Literal["beta", "posterior"] = "beta"

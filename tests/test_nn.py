@@ -16,6 +16,7 @@ from mdiff.nn.model import (
     Conditioning,
     build_model,
     draw_training_noise,
+    held_out_residual,
     parameter_count,
     training_losses,
     weighted_mse,
@@ -366,3 +367,22 @@ def test_leading_pc_error_weighs_the_whitening_directions():
     training_losses(model, batch, noise, area())["leading_pcs"].mean().backward()
     grad = sum(float(p.grad.abs().sum()) for p in model.denoiser.parameters() if p.grad is not None)
     assert grad > 0
+
+
+def test_held_out_residual_scale_does_not_shrink_with_more_components():
+    """model.latent_residual: the scale shared by the directions outside the kept components.
+    Fitted in sample it shrinks as the components near the number of months (they fit the
+    months' noise); measured on months the components were not fitted to it stays at the
+    noise's variance. Latents: a rank-4 signal plus isotropic noise of variance 0.01."""
+    g = torch.Generator().manual_seed(7)
+    n, d = 200, 400
+    x = (torch.randn(n, 4, generator=g) * 3) @ torch.randn(4, d, generator=g) + 0.1 * torch.randn(n, d, generator=g)
+    x = (x - x.mean(dim=0)).double()
+    _, s, _ = torch.linalg.svd(x, full_matrices=False)
+    variance = s.square() / n
+    for k in (8, 64, 150):
+        in_sample = float(variance[k:].sum() / (d - k))
+        held_out = float(held_out_residual(x, k))
+        assert held_out == pytest.approx(0.01, rel=0.3), k
+        if k == 150:
+            assert in_sample < 0.5 * held_out

@@ -362,6 +362,8 @@ class MonthlyDiffusion(nn.Module):
         # directions with (numerically) no variance go with the rest, under one floored scale
         k = min(self.latent_eofs.shape[0], int((variance > floor).sum()))
         residual = (variance[k:].sum() / max(x.shape[1] - k, 1)).clamp_min(max(floor, 1e-12))
+        if self.config.latent_residual == "held_out" and n >= 4:
+            residual = held_out_residual(x, k).clamp_min(max(floor, 1e-12))
         self.latent_center.copy_(center)
         self.latent_eofs.zero_()
         self.latent_eofs[:k] = vt[:k].float()
@@ -532,6 +534,20 @@ def training_losses(model: MonthlyDiffusion, batch: dict[str, torch.Tensor], noi
 def pair_mean_of(x: torch.Tensor, b: int) -> torch.Tensor:
     """(2B,) -> (B,): the average of months t and t + 1 of each sample."""
     return 0.5 * (x[:b] + x[b:])
+
+
+def held_out_residual(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Variance per direction that ``k`` principal components leave in latents they were not
+    fitted to: fitted to the even rows of the centred (N, D) ``x``, measured on the odd rows,
+    and the other way round, averaged."""
+    halves = (x[0::2], x[1::2])
+    estimates = []
+    for fit, test in (halves, halves[::-1]):
+        _, _, vt = torch.linalg.svd(fit - fit.mean(dim=0), full_matrices=False)
+        basis = vt[: min(k, vt.shape[0])]
+        rest = test - (test @ basis.T) @ basis
+        estimates.append(rest.square().sum() / (test.shape[0] * max(x.shape[1] - basis.shape[0], 1)))
+    return torch.stack(estimates).mean()
 
 
 def build_model(config: ModelConfig, grid: LatLonGrid, n_state: int | None = None, n_forcing: int | None = None,
