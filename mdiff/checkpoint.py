@@ -41,7 +41,8 @@ MD_V09_MODEL = {"normalization": "global", "global_sst": "none", "linear_forcing
                 "linear_forcing_gains": "static"}
 # Buffers added after checkpoint format 1 was first written; older weights lack them and get
 # the values a fresh model has (neutral for the MD v0.9 options such checkpoints use).
-ADDED_BUFFERS = ("latent_center", "latent_eofs", "latent_eof_scale", "latent_residual_scale")
+ADDED_BUFFERS = ("latent_center", "latent_eofs", "latent_eof_scale", "latent_residual_scale",
+                 "latent_month_factor")
 WEIGHTS = ("model_state", "ema_state", "optimizer_state", "rng")  # not metadata
 
 

@@ -305,6 +305,10 @@ class ModelConfig:
     # leave in the other half (what new latents have: in_sample shrinks as latent_eofs nears
     # the number of months)
     latent_residual: Literal["in_sample", "held_out"] = "in_sample"
+    # the whitening's standard deviations: pooled, one per direction for the whole year;
+    # monthly, one per direction and calendar month (variability is seasonal: the NAO's is
+    # ~6x larger in January than in July, which pooled scales ask one denoiser to learn)
+    latent_scales: Literal["pooled", "monthly"] = "pooled"
     # beta: ancestral steps with variance beta_t (keeps the variance of the data);
     # posterior: MD v0.9's posterior variance (under-disperses with 15 steps)
     sampler_variance: Literal["beta", "posterior"] = "beta"

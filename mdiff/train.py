@@ -269,15 +269,16 @@ def refresh_latent_basis(ema: MonthlyDiffusion, model: MonthlyDiffusion, dataset
     if model.config.latent_standardization != "pca":
         return
     ema.eval()
-    samples = []
+    samples, months = [], []
     generator = torch.Generator().manual_seed(0)
     for k in range(0, len(dataset), batch_size):
         batch = to_device(dataset.batch(range(k, min(k + batch_size, len(dataset)))), device)
         mu, logvar = ema.encode(batch["state"], ema.conditioning(batch["forcing"], batch["month"]))
         eps = torch.randn(mu.shape, generator=generator).to(device)
         samples.append(mu + (0.5 * logvar).exp() * eps)
-    ema.set_latent_basis(torch.cat(samples))
-    for name in ("latent_center", "latent_eofs", "latent_eof_scale", "latent_residual_scale"):
+        months.append(batch["month"])
+    ema.set_latent_basis(torch.cat(samples), torch.cat(months))
+    for name in ("latent_center", "latent_eofs", "latent_eof_scale", "latent_residual_scale", "latent_month_factor"):
         getattr(model, name).copy_(getattr(ema, name))
 
 

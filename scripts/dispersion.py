@@ -122,7 +122,8 @@ def main() -> None:
 
         # the denoiser's x0 error along the principal directions, on the training pairs
         z = mu + (0.5 * logvar).exp() * torch.randn_like(mu)
-        prior, target = model.standardise(z[:-1]), model.standardise(mu[1:])
+        month_of_year = torch.as_tensor(np.asarray(moy))
+        prior, target = model.standardise(z[:-1], month_of_year[:-1]), model.standardise(mu[1:], month_of_year[1:])
         cond_latent = conditioning(1, n).latent
         errors = {}
         for step in sorted({model.config.diffusion_steps, *range(model.config.diffusion_steps * 4 // 5, 0, -3)},

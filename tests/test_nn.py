@@ -244,6 +244,36 @@ def test_pca_whitening_round_trip_and_white_covariance():
     assert torch.allclose(model.unstandardise(model.standardise(x)), x, atol=1e-3)
 
 
+def test_monthly_whitening_scales_follow_the_season():
+    """latent_scales monthly: a mode whose amplitude is 3x larger in January than in July comes
+    out of the whitening with about unit variance in both, not 1.6 and 0.2 as pooled scales
+    give; unstandardise inverts standardise month by month."""
+    model = build_model(dataclasses.replace(TINY, latent_scales="monthly"), GRID)
+    g = torch.Generator().manual_seed(4)
+    shape = model.latent_shape
+    n = 12 * 40
+    months = torch.arange(n) % 12 + 1
+    amplitude = 2.0 + 1.0 * torch.cos(2 * torch.pi * (months - 1) / 12)  # 3 in January, 1 in July
+    pattern = torch.randn(int(torch.tensor(shape).prod()), generator=g)
+    pattern /= pattern.norm()
+    latents = (torch.randn(n, generator=g) * amplitude)[:, None] * pattern
+    latents = (latents + 0.05 * torch.randn(latents.shape, generator=g)).view(n, *shape)
+    model.set_latent_basis(latents, months)
+
+    def variance(month: int, by_month: bool) -> float:
+        pick = latents[months == month]
+        w = model.standardise(pick, torch.full((pick.shape[0],), month) if by_month else None).flatten(1)
+        return float((w @ pattern).var())
+
+    assert variance(1, by_month=False) > 1.4 and variance(7, by_month=False) < 0.35
+    for month in (1, 4, 7, 10):
+        assert 0.6 < variance(month, by_month=True) < 1.5, month
+    x = torch.randn(4, *shape, generator=g)
+    m = torch.tensor([1, 4, 7, 12])
+    torch.testing.assert_close(model.unstandardise(model.standardise(x, m), m), x, atol=1e-3, rtol=1e-3)
+    assert not torch.allclose(model.standardise(x, m), model.standardise(x), atol=1e-2)
+
+
 @pytest.mark.parametrize("gains, kernel", [("static", "zonal"), ("seasonal", "zonal"), ("seasonal", "isotropic"),
                                            ("seasonal", "both")])
 def test_linear_forcing_response_is_linear_in_sst(gains, kernel):

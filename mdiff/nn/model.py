@@ -58,19 +58,27 @@ class Conditioning:
     statics (5).
 
     ``full`` lives on the model grid (B, K, H, W), ``latent`` on the latent grid (B, K, h, w);
-    ``response`` (B, 37, H, W) is the linear forced response the decoder adds (or None).
+    ``response`` (B, 37, H, W) is the linear forced response the decoder adds (or None);
+    ``month`` (B,) the month of year in 1..12 (the latent's seasonal whitening scales).
     """
 
     full: torch.Tensor
     latent: torch.Tensor
     response: torch.Tensor | None = None
+    month: torch.Tensor | None = None
 
     @property
     def batch(self) -> int:
         return self.full.shape[0]
 
-    def _map(self, fn) -> Conditioning:
-        return Conditioning(fn(self.full), fn(self.latent), None if self.response is None else fn(self.response))
+    def _map(self, fn, month_fn) -> Conditioning:
+        return Conditioning(fn(self.full), fn(self.latent), None if self.response is None else fn(self.response),
+                            None if self.month is None else month_fn(self.month))
+
+    def detached(self) -> Conditioning:
+        """The same maps with the linear response detached (the CVAE does not train it)."""
+        return self if self.response is None else Conditioning(self.full, self.latent, self.response.detach(),
+                                                               self.month)
 
     def broadcast(self, batch: int) -> Conditioning:
         """The same conditioning for ``batch`` members (a view, no copy)."""
@@ -79,15 +87,18 @@ class Conditioning:
         if self.batch != 1:
             raise ValueError(f"conditioning for {self.batch} samples cannot serve a batch of {batch}; "
                              "expected a batch of 1 (broadcast) or the same batch")
-        return self._map(lambda x: x.expand(batch, -1, -1, -1))
+        return self._map(lambda x: x.expand(batch, -1, -1, -1), lambda m: m.expand(batch))
 
     @staticmethod
     def cat(parts: Sequence[Conditioning]) -> Conditioning:
         response = None if parts[0].response is None else torch.cat([p.response for p in parts])
-        return Conditioning(torch.cat([p.full for p in parts]), torch.cat([p.latent for p in parts]), response)
+        month = None if parts[0].month is None else torch.cat([p.month for p in parts])
+        return Conditioning(torch.cat([p.full for p in parts]), torch.cat([p.latent for p in parts]), response, month)
 
     def to(self, *args, **kwargs) -> Conditioning:
-        return self._map(lambda x: x.to(*args, **kwargs))
+        # dtype casts apply to the maps; the month follows the device only
+        device = next((a for a in args if isinstance(a, (str, torch.device))), kwargs.get("device"))
+        return self._map(lambda x: x.to(*args, **kwargs), lambda m: m if device is None else m.to(device))
 
 
 @dataclass
@@ -173,6 +184,8 @@ class MonthlyDiffusion(nn.Module):
         self.register_buffer("latent_eofs", torch.zeros(k, size))
         self.register_buffer("latent_eof_scale", torch.ones(k))
         self.register_buffer("latent_residual_scale", torch.ones(()))
+        # latent_scales monthly: each calendar month's factor on those scales (the residual's last)
+        self.register_buffer("latent_month_factor", torch.ones(12, k + 1))
         # Fixed spectral resampling of conditioning maps to the latent grid.
         self.to_latent_sht = TruncatedSHT(full, latent.lmax)
         self.to_latent_isht = TruncatedISHT(latent, latent.lmax)
@@ -239,7 +252,7 @@ class MonthlyDiffusion(nn.Module):
         full = torch.cat([forcing, season, statics], dim=1)
         latent = torch.cat([self.resample_to_latent(torch.cat([forcing, season], dim=1)),
                             self.statics_latent.to(forcing.dtype).expand(batch, -1, -1, -1)], dim=1)
-        return Conditioning(full, latent, response)
+        return Conditioning(full, latent, response, month)
 
     def global_sst_map(self, forcing: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W): the area-weighted mean of the SST map over ocean (in the forcing's
@@ -305,15 +318,17 @@ class MonthlyDiffusion(nn.Module):
 
     def _sample_chunk(self, latent: torch.Tensor, month: PreparedMonth, generators) -> torch.Tensor:
         c = self.config.latent_channels
+        target_month = month.cond.month
+        prior_month = None if target_month is None else (target_month - 2) % 12 + 1  # month t
         # the prior latent's image: once per month and member, not per diffusion step
-        prior = self.denoiser.spectrum(self.standardise(latent), month.steps[1].ops, first=c)
+        prior = self.denoiser.spectrum(self.standardise(latent, prior_month), month.steps[1].ops, first=c)
 
         def predict(x_t, t):
             return self.denoiser.run(x_t, month.steps[int(t[0])], add=prior)
 
         x0 = ancestral_sample(self.schedule, predict, tuple(latent.shape), generators, latent.device,
                               self.config.sampler_variance)
-        return self.unstandardise(x0)
+        return self.unstandardise(x0, target_month)
 
     def compile_block_tails(self) -> None:
         """torch.compile the real-valued tails of the denoiser and decoder (rollout.compile, GPU)."""
@@ -326,33 +341,47 @@ class MonthlyDiffusion(nn.Module):
         return list(members.split(size)) if context_batch == 1 else [members]
 
     # ------------------------------------------------------------------ pieces
-    def standardise(self, latent: torch.Tensor) -> torch.Tensor:
-        """The latent as the diffusion sees it: per-channel standardised, or PCA-whitened."""
+    def standardise(self, latent: torch.Tensor, month: torch.Tensor | None = None) -> torch.Tensor:
+        """The latent (B, C, h, w) of months ``month`` (B,) or (1,) in 1..12 as the diffusion
+        sees it: per-channel standardised, or PCA-whitened (with latent_scales monthly, by
+        that calendar month's scales; ``month`` None: the pooled ones)."""
         if self.config.latent_standardization == "pca":
+            eof_scale, residual_scale = self._whitening_scales(month)
             x = (latent - self.latent_center).flatten(1)
             coeffs = x @ self.latent_eofs.T  # (B, K)
-            inside = (coeffs / self.latent_eof_scale) @ self.latent_eofs
-            return (inside + (x - coeffs @ self.latent_eofs) / self.latent_residual_scale).view_as(latent)
+            inside = (coeffs / eof_scale) @ self.latent_eofs
+            return (inside + (x - coeffs @ self.latent_eofs) / residual_scale).view_as(latent)
         return (latent - self.latent_mean.view(1, -1, 1, 1)) / self._latent_std().view(1, -1, 1, 1)
 
-    def unstandardise(self, x: torch.Tensor) -> torch.Tensor:
+    def unstandardise(self, x: torch.Tensor, month: torch.Tensor | None = None) -> torch.Tensor:
         if self.config.latent_standardization == "pca":
+            eof_scale, residual_scale = self._whitening_scales(month)
             y = x.flatten(1)
             coeffs = y @ self.latent_eofs.T
-            inside = (coeffs * self.latent_eof_scale) @ self.latent_eofs
-            return (inside + (y - coeffs @ self.latent_eofs) * self.latent_residual_scale).view_as(x) \
-                + self.latent_center
+            inside = (coeffs * eof_scale) @ self.latent_eofs
+            return (inside + (y - coeffs @ self.latent_eofs) * residual_scale).view_as(x) + self.latent_center
         return x * self._latent_std().view(1, -1, 1, 1) + self.latent_mean.view(1, -1, 1, 1)
+
+    def _whitening_scales(self, month: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The principal directions' scales (K,) or (B, K) and the residual's () or (B, 1)."""
+        if month is None or self.config.latent_scales == "pooled":
+            return self.latent_eof_scale, self.latent_residual_scale
+        factor = self.latent_month_factor[torch.as_tensor(month, device=self.latent_month_factor.device)
+                                          .reshape(-1).long() - 1]  # (B, K + 1)
+        return self.latent_eof_scale * factor[:, :-1], self.latent_residual_scale * factor[:, -1:]
 
     def _latent_std(self) -> torch.Tensor:
         return self.latent_std.abs() + 1e-3
 
     @torch.no_grad()
-    def set_latent_basis(self, latents: torch.Tensor) -> None:
+    def set_latent_basis(self, latents: torch.Tensor, months: torch.Tensor | None = None) -> None:
         """PCA whitening from encoder means (N, C, h, w) of the training months: the mean, the
         leading principal directions and their standard deviations, and one standard
         deviation for everything else (symmetric whitening: the whitened latent keeps the
-        latent's geography, so the denoiser's spatial structure still applies)."""
+        latent's geography, so the denoiser's spatial structure still applies).
+
+        ``months`` (N,) in 1..12: also each calendar month's factor on those scales (the
+        months within one calendar month of it, about the same centre)."""
         n = latents.shape[0]
         center = latents.mean(dim=0)
         x = (latents - center).flatten(1).double()
@@ -370,6 +399,9 @@ class MonthlyDiffusion(nn.Module):
         self.latent_eof_scale.fill_(1.0)
         self.latent_eof_scale[:k] = variance[:k].clamp_min(1e-12).sqrt().float()
         self.latent_residual_scale.fill_(float(residual.sqrt()))
+        self.latent_month_factor.fill_(1.0)
+        if months is not None:
+            self.latent_month_factor.copy_(monthly_factors(x, vt[:k], torch.as_tensor(months).reshape(-1)).float())
 
     @torch.no_grad()
     def track_latent_statistics(self, mu: torch.Tensor, momentum: float) -> None:
@@ -498,20 +530,19 @@ def training_losses(model: MonthlyDiffusion, batch: dict[str, torch.Tensor], noi
         # the linear forcing path is fitted by its own least-squares loss; the CVAE models
         # what it leaves (its response enters the CVAE detached, so the two do not trade)
         regression = pair_mean_of(weighted_mse(both.response, states, state_weights), b)
-        both = Conditioning(both.full, both.latent, both.response.detach())
+        both = both.detached()
     mu, logvar = model.encode(states, both)
     z = mu + (0.5 * logvar).exp() * torch.cat([noise.eps, noise.eps_next])
     if reconstruct_both:
         recon = pair_mean_of(weighted_mse(model.decode(z, both), states, state_weights), b)
     else:
-        nxt = Conditioning(cond_next.full, cond_next.latent,
-                           None if cond_next.response is None else cond_next.response.detach())
-        recon = weighted_mse(model.decode(z[b:], nxt), states[b:], state_weights)
+        recon = weighted_mse(model.decode(z[b:], cond_next.detached()), states[b:], state_weights)
 
     if model.training and model.config.latent_standardization == "running":
         model.track_latent_statistics(mu, model.latent_momentum)
     diffusion_prior, diffusion_target = (z[:b], mu[b:]) if grad_to_encoder else (z[:b].detach(), mu[b:].detach())
-    prior, target = model.standardise(diffusion_prior), model.standardise(diffusion_target)
+    prior = model.standardise(diffusion_prior, batch["month"])
+    target = model.standardise(diffusion_target, batch["month_next"])
     x_t = add_noise(model.schedule, target, noise.eps_diffusion, noise.step)
     v = model.predict_v(x_t, noise.step, prior, cond_next.latent)
     v_error = v - v_target(model.schedule, target, noise.eps_diffusion, noise.step)
@@ -534,6 +565,23 @@ def training_losses(model: MonthlyDiffusion, batch: dict[str, torch.Tensor], noi
 def pair_mean_of(x: torch.Tensor, b: int) -> torch.Tensor:
     """(2B,) -> (B,): the average of months t and t + 1 of each sample."""
     return 0.5 * (x[:b] + x[b:])
+
+
+def monthly_factors(x: torch.Tensor, eofs: torch.Tensor, months: torch.Tensor) -> torch.Tensor:
+    """(12, K + 1): per calendar month, the rms of centred latents ``x`` (N, D) along each of the
+    ``eofs`` (K, D) and of what they leave, over the months within one calendar month of it,
+    divided by the same rms over all months. A month with no samples nearby keeps 1."""
+    coeffs = x @ eofs.T  # (N, K)
+    residual = (x - coeffs @ eofs).square().mean(dim=1, keepdim=True)  # (N, 1)
+    power = torch.cat([coeffs.square(), residual], dim=1)
+    pooled = power.mean(dim=0).clamp_min(1e-30)
+    out = torch.ones(12, power.shape[1], dtype=power.dtype, device=power.device)
+    months = months.to(power.device)
+    for m in range(1, 13):
+        near = ((months - m) % 12 <= 1) | ((m - months) % 12 <= 1)
+        if bool(near.any()):
+            out[m - 1] = (power[near].mean(dim=0) / pooled).clamp_min(1e-6).sqrt()
+    return out
 
 
 def held_out_residual(x: torch.Tensor, k: int) -> torch.Tensor:
