@@ -81,6 +81,30 @@ def test_member_alone_equals_member_in_batch(setup):
     assert (outs[(1, 2, 3, 4, 5)][0, -1] - batch[-1]).abs().max() > 1e-3
 
 
+def test_lanes_step_the_same_members_as_one_thread(setup):
+    """With 3 torch threads on a CPU the stepper runs the members in 3 lanes of one thread
+    each: every member gets what one thread gives it, and the thread count is restored."""
+    n_months = 5
+    stepper = EnsembleStepper(setup["model"], setup["forcing"][:n_months], setup["months"][:n_months], "cpu")
+    members = [1, 2, 3, 4, 5]
+    outs = []
+    for threads in (1, 3):
+        torch.set_num_threads(threads)
+        try:
+            latent0, _ = stepper.initial(setup["state0"], len(members))
+            seen = []
+            for _, latent, state in stepper.steps(latent0, member_generators(1234, members)):
+                seen.append(torch.get_num_threads())
+                outs.append((latent, state))
+            assert seen == [1] * (n_months - 1)  # one thread per lane while stepping
+            assert torch.get_num_threads() == threads
+        finally:
+            torch.set_num_threads(1)
+    one, lanes = outs[n_months - 2], outs[-1]
+    torch.testing.assert_close(lanes[0], one[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lanes[1], one[1], rtol=1e-5, atol=1e-5)
+
+
 def test_warmed_forcing_differs_by_exactly_the_offset_over_ocean(setup, tiny_world):
     grid, months, normalizer = setup["grid"], setup["months"][:24], setup["normalizer"]
     moy = P.month_of_year(months)

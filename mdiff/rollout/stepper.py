@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -44,6 +45,12 @@ class EnsembleStepper:
     datetime64[M]. Each month is prepared once (``MonthlyDiffusion.prepare_month``: the
     conditioning, at batch 1, and everything the diffusion steps reuse) for all members.
     ``bf16``: autocast to bf16 (the spectral transforms stay fp32).
+
+    On a CPU with T torch threads the members step in T lanes, each a slice of the members
+    on one thread (torch ops release the GIL): the denoiser's small batched matmuls scale
+    poorly over threads within one op (MD-1.5, 10 members: 1.3x from 1 to 2 threads), while
+    lanes keep every core on its own members (docs/benchmarks.md). Each member draws from
+    its own generator, so a member's noise does not depend on its lane.
     """
 
     def __init__(self, model, forcing: np.ndarray, months: np.ndarray, device: torch.device,
@@ -91,11 +98,35 @@ class EnsembleStepper:
         the latent of month ``start - 1``."""
         if len(generators) != latent.shape[0]:
             raise ValueError(f"{len(generators)} generators for {latent.shape[0]} members")
+        threads = torch.get_num_threads()
+        lanes = min(threads, latent.shape[0]) if self.device.type == "cpu" else 1
+        bounds = np.linspace(0, latent.shape[0], lanes + 1).round().astype(int)
+        pool = ThreadPoolExecutor(lanes, thread_name_prefix="rollout-lane") if lanes > 1 else None
+        if pool is not None:
+            torch.set_num_threads(1)  # one thread per lane (restored below)
         constants = None  # what depends on the weights alone: computed with the first month
-        for index in range(start, self.months.shape[0]):
-            with self._autocast():
-                month = self.model.prepare_month(self.conditioning(index), constants)  # month t + 1
+        try:
+            for index in range(start, self.months.shape[0]):
+                with self._autocast():
+                    month = self.model.prepare_month(self.conditioning(index), constants)  # month t + 1
                 constants = month.constants
-                latent = self.model.sample_next(latent, month, list(generators)).float()
-                state = self.model.decode(latent, month).float()
-            yield index, latent, state
+                if pool is None:
+                    latent, state = self._step(latent, month, generators)
+                else:
+                    parts = [pool.submit(self._step, latent[a:b], month, generators[a:b])
+                             for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+                    parts = [part.result() for part in parts]
+                    latent, state = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+                yield index, latent, state
+        finally:
+            if pool is not None:
+                pool.shutdown()
+                torch.set_num_threads(threads)
+
+    def _step(self, latent: torch.Tensor, month, generators: Sequence[torch.Generator]
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Members' latents of month t -> (latent, normalised state) of month t + 1 (any thread:
+        inference mode and autocast are per thread)."""
+        with torch.inference_mode(), self._autocast():
+            latent = self.model.sample_next(latent, month, list(generators)).float()
+            return latent, self.model.decode(latent, month).float()
