@@ -187,7 +187,8 @@ class MonthWriter:
     def _write(self, index: int, state: np.ndarray) -> None:
         if index != len(self.checksums):
             raise RuntimeError(f"month index {index} handed over after {len(self.checksums)} months")
-        values = self.normalizer.denormalize(state, V.STATE_NAMES, P.month_of_year(self.months[index]))
+        # the stepping thread hands each month's array over (a fresh one every month)
+        values = self.normalizer.denormalize(state, V.STATE_NAMES, P.month_of_year(self.months[index]), overwrite=True)
         check_month(values, self.months[index], self.members)
         arrays = month_arrays(values)
         for variable, data in arrays:
