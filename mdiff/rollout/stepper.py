@@ -104,17 +104,18 @@ class EnsembleStepper:
         pool = ThreadPoolExecutor(lanes, thread_name_prefix="rollout-lane") if lanes > 1 else None
         if pool is not None:
             torch.set_num_threads(1)  # one thread per lane (restored below)
-        constants = None  # what depends on the weights alone: computed with the first month
+        end = self.months.shape[0]
         try:
-            for index in range(start, self.months.shape[0]):
-                with self._autocast():
-                    month = self.model.prepare_month(self.conditioning(index), constants)  # month t + 1
-                constants = month.constants
+            month = self._prepare(start, None) if start < end else None  # month t + 1
+            for index in range(start, end):
                 if pool is None:
                     latent, state = self._step(latent, month, generators)
+                    month = self._prepare(index + 1, month.constants) if index + 1 < end else None
                 else:
                     parts = [pool.submit(self._step, latent[a:b], month, generators[a:b])
                              for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+                    # the next month's preparation needs no member: it runs while the lanes step
+                    month = self._prepare(index + 1, month.constants) if index + 1 < end else None
                     parts = [part.result() for part in parts]
                     latent, state = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
                 yield index, latent, state
@@ -122,6 +123,12 @@ class EnsembleStepper:
             if pool is not None:
                 pool.shutdown()
                 torch.set_num_threads(threads)
+
+    def _prepare(self, index: int, constants):
+        """``prepare_month`` of month ``index`` (``constants``: what depends on the weights
+        alone, from an earlier month; None computes them)."""
+        with self._autocast():
+            return self.model.prepare_month(self.conditioning(index), constants)
 
     def _step(self, latent: torch.Tensor, month, generators: Sequence[torch.Generator]
               ) -> tuple[torch.Tensor, torch.Tensor]:
