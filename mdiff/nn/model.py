@@ -400,8 +400,10 @@ class MonthlyDiffusion(nn.Module):
         self.latent_eof_scale[:k] = variance[:k].clamp_min(1e-12).sqrt().float()
         self.latent_residual_scale.fill_(float(residual.sqrt()))
         self.latent_month_factor.fill_(1.0)
-        if months is not None:
-            self.latent_month_factor.copy_(monthly_factors(x, vt[:k], torch.as_tensor(months).reshape(-1)).float())
+        if months is not None:  # the kept directions' factors and the residual's (last column)
+            factors = monthly_factors(x, vt[:k], torch.as_tensor(months).reshape(-1)).float()
+            self.latent_month_factor[:, :k] = factors[:, :k]
+            self.latent_month_factor[:, -1] = factors[:, -1]
 
     @torch.no_grad()
     def track_latent_statistics(self, mu: torch.Tensor, momentum: float) -> None:
