@@ -272,6 +272,22 @@ def test_monthly_whitening_scales_follow_the_season():
     m = torch.tensor([1, 4, 7, 12])
     torch.testing.assert_close(model.unstandardise(model.standardise(x, m), m), x, atol=1e-3, rtol=1e-3)
     assert not torch.allclose(model.standardise(x, m), model.standardise(x), atol=1e-2)
+    # sampling January: the prior (December's latent) is whitened with December's scales, the
+    # sample unwhitened with January's, as training pairs them (month, month_next)
+    from mdiff.nn.diffusion import ancestral_sample
+    from mdiff.rollout import member_generators
+
+    model.set_statics(torch.randn(V.N_STATIC, *GRID.shape, generator=g))
+    with torch.inference_mode():
+        cond = model.conditioning(torch.randn(1, V.N_FORCING, *GRID.shape, generator=g), torch.tensor([1]))
+        prior_latent = latents[:2] * 0.5
+        prior = model.standardise(prior_latent, torch.tensor([12]))
+        x0 = ancestral_sample(model.schedule, lambda x, t: model.predict_v(x, t, prior, cond.latent.expand(2, -1, -1, -1)),
+                              tuple(prior_latent.shape), member_generators(5, [1, 2]), prior_latent.device,
+                              model.config.sampler_variance)
+        got = model.sample_next(prior_latent, cond, member_generators(5, [1, 2]))
+        torch.testing.assert_close(got, model.unstandardise(x0, torch.tensor([1])), rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(got, model.unstandardise(x0), rtol=1e-3, atol=1e-3)
     # fewer months than whitened directions (a short training period) keep fewer directions
     model.set_latent_basis(latents[:24], months[:24])
     assert torch.isfinite(model.latent_month_factor).all()
